@@ -1,0 +1,53 @@
+"""The ``efnas`` command line: one parser, subcommands contributed by each package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from supernet import cli as supernet_cli
+from supernet.errors import EfnasError
+from supernet.io import tool_version
+
+__all__ = ["build_parser", "main"]
+
+DESCRIPTION = """\
+efficientformer-nas: hardware-aware architecture search for EfficientFormer-style vision models.
+
+Train one weight-sharing supernet, measure a latency table on your device, search for the most
+accurate architecture under a latency budget, and export it to PyTorch, TorchScript, ONNX and
+Core ML. Run `efnas COMMAND --help` for the details of each command.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="efnas",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {tool_version()}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    supernet_cli.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except EfnasError as exc:
+        print(f"efnas: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("efnas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
