@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from latency_lut import cli as lut_cli
 from supernet import cli as supernet_cli
 from supernet.errors import EfnasError
 from supernet.io import tool_version
@@ -25,11 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="efnas",
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=supernet_cli.DocFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {tool_version()}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     supernet_cli.register(subparsers)
+    lut_cli.register(subparsers)
     return parser
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import textwrap
 
 from rich.table import Table
 
@@ -11,7 +14,17 @@ from supernet.io import console
 from supernet.model import count_macs, count_params
 from supernet.space import builtin_space_names, load_space
 
-__all__ = ["register"]
+__all__ = ["DocFormatter", "register"]
+
+
+class DocFormatter(argparse.RawDescriptionHelpFormatter):
+    """Wraps the description's paragraphs to the terminal, keeps the epilog (examples) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.lstrip().startswith(("example", "examples")):
+            return super()._fill_text(text, width, indent)
+        paragraphs = [" ".join(p.split()) for p in text.split("\n\n")]
+        return "\n\n".join(textwrap.fill(p, width, initial_indent=indent, subsequent_indent=indent) for p in paragraphs)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "published EfficientFormer L1, L3 and L7; parameters and GMACs are computed from each "
             "architecture, not copied from the paper."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=DocFormatter,
         epilog="example:\n  efnas presets\n  efnas presets --space tiny --json",
     )
     presets.add_argument("--space", default="efficientformer-v1", help="built-in space name or a space file (default: %(default)s)")
@@ -39,12 +52,93 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             f"{', '.join(builtin_space_names())}. A user space is a TOML or JSON file in the same "
             "format as supernet/spaces/tiny.toml."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=DocFormatter,
         epilog="examples:\n  efnas space tiny\n  efnas space my_space.toml --json",
     )
     space.add_argument("space", nargs="?", default="efficientformer-v1", help="built-in space name or a space file (default: %(default)s)")
     space.add_argument("--json", action="store_true", help="print the space in its file format, as JSON")
     space.set_defaults(func=_run_space)
+
+    _register_train(subparsers)
+
+
+_TRAIN_HELP = {
+    "space": "search space: a built-in name (tiny, efficientformer-v1) or a .toml/.json space file",
+    "data": "training data: digits-mosaic (embedded default), digits, or imagefolder:PATH with PATH/train/<class>/ and PATH/val/<class>/",
+    "out": "run folder; holds supernet.pt (the checkpoint), metrics.jsonl and config.json",
+    "epochs": "training epochs (0 writes the initialised supernet, e.g. after --init-from, without training)",
+    "steps_per_epoch": "cap on the steps of each epoch, for quick trials",
+    "batch_size": "images per step and per process",
+    "lr": "peak AdamW learning rate, reached after the warm-up, then cosine decay to zero",
+    "weight_decay": "AdamW weight decay on conv and linear weights (not on norms, biases, layer scales)",
+    "warmup_epochs": "linear learning-rate warm-up, in epochs (fractions allowed)",
+    "label_smoothing": "label smoothing of the largest subnet's loss",
+    "num_random": "random subnets trained each step besides the largest and the smallest (sandwich rule)",
+    "kd_temperature": "softmax temperature of the in-place distillation",
+    "teacher": "state dict of a static EfficientFormer (timm layout) distilled into every subnet instead of the largest subnet's outputs",
+    "init_from": "warm start: a timm (or exported) EfficientFormer state dict loaded into the supernet at its own architecture",
+    "seed": "seed of the initial weights, the data order and the sampled subnets",
+    "checkpoint_every": "steps between checkpoints (always one at the end)",
+    "eval_every": "steps between validations of the largest and smallest subnets (0: at the end of every epoch)",
+    "calib_batches": "training batches used to re-estimate BatchNorm statistics before each validation",
+    "workers": "data-loading worker processes (image folders only)",
+    "device": "auto (CUDA when available), cpu or cuda; bf16 autocast on CUDA",
+    "threads": "intra-op CPU threads (on a shared or busy machine, fewer threads than cores is much faster)",
+}
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    from supernet.train import TrainConfig
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train a weight-sharing supernet once (sandwich rule + in-place distillation)",
+        description=(
+            "Train the supernet of a search space: every step trains the largest subnet on the labels, "
+            "and the smallest plus --num-random random subnets on the largest one's soft outputs. "
+            "Checkpoints are written atomically to OUT/supernet.pt; a killed run continues with the same "
+            "command plus --resume and ends with the same weights as an uninterrupted one. Under "
+            "`torchrun --nproc-per-node N` the same command trains with DistributedDataParallel "
+            "(gloo on CPU, NCCL on GPU)."
+        ),
+        formatter_class=DocFormatter,
+        epilog=(
+            "examples:\n"
+            "  efnas train --space tiny --out runs/tiny                 # embedded digits-mosaic task\n"
+            "  efnas train --space tiny --out runs/tiny --resume        # continue a killed run\n"
+            "  efnas train --space efficientformer-v1 --data imagefolder:/data/imagenet \\\n"
+            "      --init-from efficientformer_l7.pth --out runs/v1     # warm start from timm's L7\n"
+            "  torchrun --nproc-per-node 2 -m nas.cli train --space tiny --out runs/ddp"
+        ),
+    )
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        kind = int if str(field.type).startswith("int") else float if str(field.type).startswith("float") else str
+        parser.add_argument(flag, type=kind, default=None, metavar=field.name.upper(),
+                            help=f"{_TRAIN_HELP[field.name]} (default: {field.default})")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    parser.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from supernet.train import TrainConfig, train
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    config = TrainConfig(**given)
+    result = train(config, resume=args.resume, explicit=set(given), show_progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        metrics = result.metrics
+        table = Table(title=f"Supernet of space '{result.space.name}' — {result.checkpoint}")
+        table.add_column("subnet")
+        table.add_column("architecture")
+        table.add_column("params", justify="right")
+        table.add_column("val top-1", justify="right")
+        for name, spec in (("largest", result.space.largest()), ("smallest", result.space.smallest())):
+            top1 = metrics.get(f"val_top1_{name}")
+            table.add_row(name, spec.label(), f"{count_params(spec):,}", f"{100 * top1:.2f}%" if top1 is not None else "-")
+        console.print(table)
+    return 0
 
 
 def _run_presets(args: argparse.Namespace) -> int:

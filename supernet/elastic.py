@@ -1,0 +1,290 @@
+"""The weight-sharing supernet: the largest network of a space, run at any architecture of it.
+
+Every parameter lives in an ordinary full-size module named as in the static model
+(``stages.1.blocks.0.mlp.fc1`` ...). An elastic forward slices the first ``c`` channels of each weight
+(views, not copies) and calls the functional op, so BatchNorm running statistics are sliced and
+updated in place too. The architecture is an explicit argument of ``forward``: nothing about the
+active subnet is stored on the modules.
+
+In the last stage every position holds a Meta4D and a Meta3D block (where the space allows both);
+a spec with ``num_meta3d = m`` and last depth ``d`` runs positions ``0 .. d-m-1`` as Meta4D and
+``d-m .. d-1`` as Meta3D, exactly the layout of the static model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from supernet.errors import EfnasError
+from supernet.model import (
+    ConvMlp,
+    Downsample,
+    EfficientFormer,
+    Meta3D,
+    Meta4D,
+    Mlp,
+    Stem,
+    _init_linear,
+    build_model,
+    stage_block_layout,
+)
+from supernet.space import ArchSpec, SearchSpace
+
+__all__ = ["Supernet"]
+
+
+# -- sliced functional ops -------------------------------------------------------------------
+
+
+def _conv(conv: nn.Conv2d, x: torch.Tensor, out_channels: int) -> torch.Tensor:
+    weight = conv.weight[:out_channels, : x.shape[1]]
+    return F.conv2d(x, weight, conv.bias[:out_channels], conv.stride, conv.padding)
+
+
+def _batch_norm(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    c = x.shape[1]
+    return F.batch_norm(
+        x,
+        norm.running_mean[:c],
+        norm.running_var[:c],
+        norm.weight[:c],
+        norm.bias[:c],
+        norm.training,
+        norm.momentum if norm.momentum is not None else 0.0,
+        norm.eps,
+    )
+
+
+def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    c = x.shape[-1]
+    return F.layer_norm(x, (c,), norm.weight[:c], norm.bias[:c], norm.eps)
+
+
+def _linear(linear: nn.Linear, x: torch.Tensor, out_features: int) -> torch.Tensor:
+    return F.linear(x, linear.weight[:out_features, : x.shape[-1]], linear.bias[:out_features])
+
+
+# -- elastic blocks (same parameter names as the static ones) ------------------------------------
+
+
+class ElasticStem(Stem):
+    def forward(self, x: torch.Tensor, width: int) -> torch.Tensor:  # type: ignore[override]
+        x = F.relu(_batch_norm(self.norm1, _conv(self.conv1, x, width // 2)))
+        return F.relu(_batch_norm(self.norm2, _conv(self.conv2, x, width)))
+
+
+class ElasticDownsample(Downsample):
+    def forward(self, x: torch.Tensor, width: int) -> torch.Tensor:  # type: ignore[override]
+        return _batch_norm(self.norm, _conv(self.conv, x, width))
+
+
+class ElasticMeta4D(Meta4D):
+    def forward(self, x: torch.Tensor, mlp_ratio: int) -> torch.Tensor:  # type: ignore[override]
+        width = x.shape[1]
+        x = x + self.token_mixer(x) * self.ls1.gamma[:width].view(1, -1, 1, 1)
+        mlp: ConvMlp = self.mlp
+        h = F.gelu(_batch_norm(mlp.norm1, _conv(mlp.fc1, x, width * mlp_ratio)))
+        h = _batch_norm(mlp.norm2, _conv(mlp.fc2, h, width))
+        return x + h * self.ls2.gamma[:width].view(1, -1, 1, 1)
+
+
+class ElasticMeta3D(Meta3D):
+    def forward(self, x: torch.Tensor, mlp_ratio: int) -> torch.Tensor:  # type: ignore[override]
+        batch, tokens, width = x.shape
+        attn = self.token_mixer
+        h = _layer_norm(self.norm1, x)
+        qkv = _linear(attn.qkv, h, attn.qkv.out_features)  # (B, N, heads * (2k + v)): never sliced
+        qkv = qkv.reshape(batch, tokens, attn.heads, -1).permute(0, 2, 1, 3)
+        q, k, v = qkv.split([attn.key_dim, attn.key_dim, attn.value_dim], dim=3)
+        scores = (q @ k.transpose(-2, -1)) * attn.scale + attn.attention_biases[:, attn.attention_bias_idxs]
+        h = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, tokens, -1)
+        x = x + _linear(attn.proj, h, width) * self.ls1.gamma[:width]
+        mlp: Mlp = self.mlp
+        h = F.gelu(_linear(mlp.fc1, _layer_norm(self.norm2, x), width * mlp_ratio))
+        return x + _linear(mlp.fc2, h, width) * self.ls2.gamma[:width]
+
+
+class LastStagePosition(nn.Module):
+    """One position of the last stage: a Meta4D block, a Meta3D block, or both to choose from."""
+
+    def __init__(self, meta4d: ElasticMeta4D | None, meta3d: ElasticMeta3D | None) -> None:
+        super().__init__()
+        self.meta4d = meta4d
+        self.meta3d = meta3d
+
+
+class ElasticStage(nn.Module):
+    def __init__(self, blocks: list[nn.Module], downsample: ElasticDownsample | None) -> None:
+        super().__init__()
+        self.downsample = downsample if downsample is not None else nn.Identity()
+        self.blocks = nn.ModuleList(blocks)
+
+
+def _last_stage_kinds(space: SearchSpace) -> list[set[str]]:
+    """For each position of the last stage, the block kinds some architecture of the space puts there."""
+    last = space.stages[-1]
+    kinds: list[set[str]] = [set() for _ in range(last.depth_max)]
+    for depth in last.depths:
+        for num_meta3d in range(space.meta3d_min, min(space.meta3d_max, depth) + 1):
+            for position in range(depth):
+                kinds[position].add("meta3d" if position >= depth - num_meta3d else "meta4d")
+    return kinds
+
+
+class Supernet(nn.Module):
+    """All architectures of ``space`` in one network; ``supernet(x, spec)`` runs one of them."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        super().__init__()
+        self.space = space
+        largest = space.largest()
+        widths, ratios = largest.widths, largest.mlp_ratios
+        self.stem = ElasticStem(widths[0])
+        stages = []
+        last = space.num_stages - 1
+        for i, stage in enumerate(space.stages):
+            downsample = ElasticDownsample(widths[i - 1], widths[i]) if i else None
+            if i < last:
+                blocks: list[nn.Module] = [ElasticMeta4D(widths[i], ratios[i]) for _ in range(stage.depth_max)]
+            else:
+                resolution = largest.stage_resolutions[i]
+                blocks = [
+                    LastStagePosition(
+                        ElasticMeta4D(widths[i], ratios[i]) if "meta4d" in kinds else None,
+                        ElasticMeta3D(widths[i], ratios[i], space.attn_heads, space.attn_key_dim, resolution)
+                        if "meta3d" in kinds
+                        else None,
+                    )
+                    for kinds in _last_stage_kinds(space)
+                ]
+            stages.append(ElasticStage(blocks, downsample))
+        self.stages = nn.ModuleList(stages)
+        self.norm = nn.LayerNorm(widths[-1])
+        self.head = nn.Linear(widths[-1], space.num_classes)
+        self.head_dist = nn.Linear(widths[-1], space.num_classes)
+        # Same initialisation as the static model, so a freshly built supernet's largest subnet
+        # starts where a freshly built static model would.
+        self.apply(_init_linear)
+
+    def forward(self, x: torch.Tensor, spec: ArchSpec) -> torch.Tensor:
+        """Logits of architecture ``spec`` (which must belong to this supernet's space)."""
+        x = self.stem(x, spec.widths[0])
+        last = spec.num_stages - 1
+        for i, stage in enumerate(self.stages):
+            if i:
+                x = stage.downsample(x, spec.widths[i])
+            ratio = spec.mlp_ratios[i]
+            if i < last:
+                for block in stage.blocks[: spec.depths[i]]:
+                    x = block(x, ratio)
+                continue
+            positions = iter(stage.blocks)
+            for kind in stage_block_layout(spec, i):
+                if kind == "flat":
+                    x = x.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, N, C)
+                else:
+                    x = getattr(next(positions), kind)(x, ratio)
+        x = _layer_norm(self.norm, x).mean(dim=1)
+        classes = spec.num_classes
+        return (_linear(self.head, x, classes) + _linear(self.head_dist, x, classes)) / 2
+
+    # -- static models in and out -------------------------------------------------------------
+
+    def check(self, spec: ArchSpec) -> ArchSpec:
+        """``spec`` itself, or a one-line error if it is not an architecture of this supernet."""
+        return self.space.validate(spec)
+
+    def extract(self, spec: ArchSpec) -> EfficientFormer:
+        """The plain static model of ``spec`` with this supernet's weights (and BN statistics) copied in."""
+        self.check(spec)
+        model = build_model(spec)
+        source = dict(self.state_dict(keep_vars=False))
+        with torch.no_grad():
+            for name, tensor in model.state_dict(keep_vars=False).items():
+                tensor.copy_(_prefix(source[supernet_key(spec, name)], tensor.shape))
+        return model.train(self.training)
+
+    def load_static_state_dict(self, state_dict: Mapping[str, torch.Tensor], spec: ArchSpec) -> list[str]:
+        """Copy a static model's weights (ours or timm's, same layout) into the slices ``spec`` uses.
+
+        Returns the keys that were skipped because their shape does not fit (e.g. a 1000-class head
+        when the supernet is built for 37 classes); raises if anything else is missing or extra.
+        """
+        self.check(spec)
+        expected = build_model(spec).state_dict()
+        missing = sorted(set(expected) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(expected))
+        if missing or unexpected:
+            raise EfnasError(
+                f"checkpoint does not match architecture {spec.label()}: "
+                f"{len(missing)} missing key(s) (first: {missing[:1]}), {len(unexpected)} unexpected (first: {unexpected[:1]})"
+            )
+        skipped = []
+        target = self.state_dict(keep_vars=False)
+        with torch.no_grad():
+            for name, value in state_dict.items():
+                if value.shape != expected[name].shape:
+                    skipped.append(name)
+                    continue
+                _prefix(target[supernet_key(spec, name)], value.shape).copy_(value)
+        return skipped
+
+
+_LAST_BLOCK = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.(.*)$")
+
+
+def supernet_key(spec: ArchSpec, static_key: str) -> str:
+    """The supernet parameter that holds (a superset of) static parameter ``static_key`` of ``spec``."""
+    match = _LAST_BLOCK.match(static_key)
+    if not match or int(match.group(1)) != spec.num_stages - 1:
+        return static_key
+    stage, index, rest = int(match.group(1)), int(match.group(2)), match.group(3)
+    layout = stage_block_layout(spec, stage)
+    kind = layout[index]
+    position = index - (1 if "flat" in layout[:index] else 0)
+    return f"stages.{stage}.blocks.{position}.{kind}.{rest}"
+
+
+def _prefix(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The leading block of ``tensor`` with the given shape: how every elastic dimension is shared."""
+    return tensor[tuple(slice(0, n) for n in shape)]
+
+
+def infer_spec(state_dict: Mapping[str, torch.Tensor], space: SearchSpace) -> ArchSpec:
+    """The architecture of a static (timm-layout) state dict, read off its keys and shapes."""
+    try:
+        stage_ids = sorted({int(k.split(".")[1]) for k in state_dict if k.startswith("stages.")})
+        widths, depths, ratios = [], [], []
+        num_meta3d = 0
+        for stage in stage_ids:
+            blocks = sorted(
+                {int(k.split(".")[3]) for k in state_dict if k.startswith(f"stages.{stage}.blocks.")}
+            )
+            fc1 = state_dict[f"stages.{stage}.blocks.{blocks[0]}.mlp.fc1.weight"]
+            widths.append(int(fc1.shape[1]))
+            ratios.append(int(fc1.shape[0]) // int(fc1.shape[1]))
+            depths.append(len(blocks))
+            if stage == stage_ids[-1]:
+                num_meta3d = sum(
+                    1 for b in blocks if f"stages.{stage}.blocks.{b}.token_mixer.qkv.weight" in state_dict
+                )
+        num_classes = int(state_dict["head.weight"].shape[0])
+    except (KeyError, IndexError, ValueError) as exc:
+        raise EfnasError(f"not an EfficientFormer state dict (could not read its architecture: {exc})") from None
+    if len(stage_ids) != space.num_stages:
+        raise EfnasError(f"the checkpoint has {len(stage_ids)} stages but space '{space.name}' has {space.num_stages}")
+    return ArchSpec(
+        widths=tuple(widths),
+        depths=tuple(depths),
+        num_meta3d=num_meta3d,
+        mlp_ratios=tuple(ratios),
+        resolution=space.resolution,
+        num_classes=num_classes,
+        attn_heads=space.attn_heads,
+        attn_key_dim=space.attn_key_dim,
+    )
