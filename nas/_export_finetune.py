@@ -1,0 +1,121 @@
+"""Optional fine-tuning of an extracted subnet, distilled from the supernet's largest subnet.
+
+The subnet's weights are already trained inside the supernet; a few epochs on its own, against the
+same soft targets it was trained on (the largest subnet's, as in the in-place distillation of
+supernet training), recover what sharing weights with every other subnet cost it. AdamW with a
+cosine decay from ``lr`` to zero; the batches are a pure function of the seed, so a fine-tune
+repeats exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from itertools import islice
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.progress import Progress
+from torch import nn
+
+from supernet.errors import EfnasError
+
+__all__ = ["FinetuneConfig", "FinetuneReport", "finetune"]
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = 0
+    lr: float = 5e-4  # peak AdamW learning rate; a quarter of supernet training's default
+    weight_decay: float = 0.05  # on conv and linear weights only
+    temperature: float = 1.0  # softmax temperature of the distillation
+    steps_per_epoch: int | None = None  # cap on the steps of each epoch, for quick runs
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise EfnasError(f"--finetune-epochs must not be negative, got {self.epochs}")
+        if self.lr <= 0 or self.temperature <= 0 or self.weight_decay < 0:
+            raise EfnasError(
+                f"fine-tuning needs lr > 0, temperature > 0 and weight decay >= 0, got {self.lr}, "
+                f"{self.temperature} and {self.weight_decay}"
+            )
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise EfnasError(f"--finetune-steps must be at least 1, got {self.steps_per_epoch}")
+        if self.batch_size < 1:
+            raise EfnasError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class FinetuneReport:
+    """How the fine-tune went: steps taken and the distillation loss at its start and end."""
+
+    config: FinetuneConfig
+    seed: int
+    steps: int
+    first_loss: float
+    last_loss: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self.config), "seed": self.seed, "steps": self.steps, "first_loss": self.first_loss,
+                "last_loss": self.last_loss, "seconds": round(self.seconds, 2)}
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        # Norm scales, biases, layer scales and attention biases are not weights to shrink.
+        (decay if param.ndim >= 2 and "attention_biases" not in name else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def finetune(
+    student: nn.Module,
+    teacher: nn.Module,
+    data: Any,
+    config: FinetuneConfig,
+    *,
+    seed: int,
+    device: torch.device | str = "cpu",
+    progress: Progress | None = None,
+) -> FinetuneReport:
+    """Train ``student`` in place on ``teacher``'s soft outputs (the teacher stays in eval mode).
+
+    ``data`` is a :class:`supernet.data.TaskData`; epoch ``e`` uses its training batches for
+    ``(seed, e)``. Returns with the student in eval mode.
+    """
+    steps_per_epoch = data.num_train_batches(config.batch_size)
+    if config.steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
+    if steps_per_epoch < 1:
+        raise EfnasError(f"the training set ({data.num_train} images) is too small for batch size {config.batch_size}")
+    total = config.epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(_param_groups(student, config.weight_decay), lr=config.lr)
+    teacher.eval().requires_grad_(False)
+    student.train()
+    t = config.temperature
+    task = progress.add_task("fine-tuning (distillation)", total=total) if progress is not None else None
+    losses: list[float] = []
+    step = 0
+    started = time.perf_counter()
+    for epoch in range(config.epochs):
+        for images, _ in islice(data.train_batches(epoch, config.batch_size, seed=seed), steps_per_epoch):
+            images = images.to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+            with torch.no_grad():
+                target = F.softmax(teacher(images).float() / t, dim=-1)
+            loss = F.kl_div(F.log_softmax(student(images).float() / t, dim=-1), target, reduction="batchmean") * t * t
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach().item())
+            step += 1
+            if progress is not None and task is not None:
+                progress.update(task, advance=1, description=f"fine-tuning (distillation) loss {losses[-1]:.3f}")
+    student.eval()
+    return FinetuneReport(config, seed, step, losses[0] if losses else float("nan"),
+                          losses[-1] if losses else float("nan"), time.perf_counter() - started)
