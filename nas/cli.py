@@ -7,6 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from latency_lut import cli as lut_cli
+from nas import _demo_cli as demo_cli
+from nas import _export_cli as export_cli
+from nas import _search_cli as search_cli
 from supernet import cli as supernet_cli
 from supernet.errors import EfnasError
 from supernet.io import tool_version
@@ -30,8 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {tool_version()}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    demo_cli.register(subparsers)
     supernet_cli.register(subparsers)
     lut_cli.register(subparsers)
+    search_cli.register_search(subparsers)
+    search_cli.register_batch(subparsers)
+    export_cli.register(subparsers)
     return parser
 
 

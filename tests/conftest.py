@@ -22,3 +22,14 @@ def tiny_space():
     from supernet import load_space
 
     return load_space("tiny")
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_supernet(tmp_path_factory):
+    """A briefly but really trained tiny-space supernet checkpoint on the embedded task (~20-40 s),
+    shared by the search and export tests."""
+    from supernet.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("trained-tiny")
+    config = TrainConfig(out=str(run), space="tiny", epochs=2, steps_per_epoch=25, batch_size=64, lr=3e-3, threads=1)
+    return train(config, show_progress=False).checkpoint

@@ -1,0 +1,399 @@
+"""``lut build``: measure every unit of a space, then calibrate on whole networks.
+
+Units are timed in two contexts at once (see :data:`latency_lut._measure.CONTEXTS`): cold, right
+after other units, and warm, right after their own first run. Which of the two describes how
+blocks run inside the networks of this space depends on whether those networks fit in the
+machine's caches, so the build does not guess: it fits the calibration with either set of
+entries and keeps the one that explains the measured networks better (the evidence is recorded in
+``meta.measurement``). Keys added to the table later are measured in the chosen context only.
+
+The build is resumable at every step: entries are saved (atomically) after each group of units and
+each group of calibration networks, and a build started on an existing table measures only what
+it lacks.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from supernet.errors import EfnasError
+from supernet.io import console, cpu_model, provenance
+from supernet.space import ArchSpec, SearchSpace
+
+from latency_lut._backends import Backend, get_backend
+from latency_lut._calibration import CalibrationModel, fit_calibration
+from latency_lut._keys import OpUnit, space_units
+from latency_lut._measure import CONTEXTS, STATISTICS, Timing, time_models, time_units
+from latency_lut._table import LatencyTable, load_lut, save_lut
+
+__all__ = ["BuildConfig", "BuildResult", "build_lut", "calibration_specs", "recalibrate"]
+
+MODEL_GROUP = 6  # whole networks held in memory and interleaved together
+NULL_KEY = "null"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How a table is measured. The defaults are what the shipped tables used."""
+
+    backend: str = "onnxruntime"
+    threads: int = 1
+    statistic: str = "p10"  # what entries and predictions stand for: "p10" or "median" of the runs
+    rounds: int = 30  # timed runs per unit, one per round, interleaved across the units of a group
+    warmup: int = 2  # untimed runs per unit before the timed rounds
+    group_size: int = 64  # units prepared and interleaved together (bounds memory)
+    max_spread: float = 0.25  # (p90 - p10) / median above which a unit is measured again
+    retries: int = 2  # how many times a noisy unit is measured again
+    calibration_samples: int = 12  # random networks measured end to end for the calibration
+    calibration_rounds: int = 8  # visits per calibration network (interleaved across them)
+    calibration_runs: int = 2  # timed runs per visit
+    min_group_seconds: float = 2.0  # small units and networks get more rounds, up to this long per group
+    seed: int = 0
+    device: str | None = None  # name recorded in the table; default: the CPU or GPU model
+    num_classes: int | None = None  # head keys for this class count instead of the space's
+    max_minutes: float | None = None  # stop (resumably) after about this long
+
+    def __post_init__(self) -> None:
+        if self.statistic not in STATISTICS:
+            raise EfnasError(f"statistic must be one of {', '.join(STATISTICS)}, got {self.statistic!r}")
+        for name in ("threads", "rounds", "group_size", "calibration_rounds", "calibration_runs"):
+            if getattr(self, name) < 1:
+                raise EfnasError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup", "retries", "calibration_samples"):
+            if getattr(self, name) < 0:
+                raise EfnasError(f"{name.replace('_', '-')} must be at least 0, got {getattr(self, name)}")
+        if self.min_group_seconds < 0:
+            raise EfnasError(f"min-group-seconds must be at least 0, got {self.min_group_seconds}")
+        if self.max_spread <= 0:
+            raise EfnasError(f"max-spread must be positive, got {self.max_spread}")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    table: LatencyTable
+    measured: int  # units measured by this run
+    remeasured: int  # noisy units measured again by this run
+    complete: bool  # False when stopped by max_minutes; run again to continue
+    seconds: float
+
+
+def calibration_specs(space: SearchSpace, count: int, seed: int) -> list[tuple[str, ArchSpec]]:
+    """The networks a table calibrates on: the space's smallest network (it pins down the fixed
+    overhead, which matters most for small networks) and ``count`` distinct random subnets. Never
+    the presets, so that ``lut check`` can test on them as held-out networks."""
+    if count == 0:
+        return []
+    rng = random.Random(f"calibration-{seed}")
+    presets = {spec for _, spec in space.presets}
+    specs: list[ArchSpec] = [space.smallest()] if space.smallest() not in presets else []
+    attempts = 0
+    while len(specs) < count + 1 and attempts < 100 * (count + 1):
+        attempts += 1
+        spec = space.sample(rng)
+        if spec not in presets and spec not in specs:
+            specs.append(spec)
+    return [(f"cal{i:02d}", spec) for i, spec in enumerate(specs)]
+
+
+@contextmanager
+def progress_bar(transient: bool = False) -> Iterator[Progress]:
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=transient) as progress:
+        yield progress
+
+
+def _new_meta(space: SearchSpace, space_arg: str, config: BuildConfig, engine: Backend) -> dict[str, Any]:
+    if config.device:
+        device = config.device
+    elif engine.name == "torch-cuda":
+        device = torch.cuda.get_device_name()
+    else:
+        device = cpu_model()
+    return {
+        "device": device,
+        "backend": engine.name,
+        "backend_details": engine.details(),
+        "precision": engine.precision,
+        "batch": 1,
+        "threads": config.threads,
+        "resolution": space.resolution,
+        "space": {
+            "name": space.name,
+            "source": space_arg,
+            "fingerprint": space.fingerprint(),
+            "num_classes": space.num_classes,
+        },
+        "source": "measured",
+        "statistic": config.statistic,
+        "measurement": {
+            "clock": engine.clock,
+            "units": "per round, every unit of a group once in a fresh random order: cold run, then warm run",
+            "networks": "per round one untimed and calibration_runs timed runs per network, interleaved",
+            "rounds": config.rounds,
+            "warmup": config.warmup,
+            "group_size": config.group_size,
+            "max_spread": config.max_spread,
+            "retries": config.retries,
+            "calibration_samples": config.calibration_samples,
+            "calibration_rounds": config.calibration_rounds,
+            "calibration_runs": config.calibration_runs,
+            "min_group_seconds": config.min_group_seconds,
+            "seed": config.seed,
+            "context": None,
+            "call_overhead_per_group_ms": {context: [] for context in CONTEXTS},
+        },
+        "provenance": provenance(),
+        "build_seconds": 0.0,
+        "call_overhead_ms": 0.0,
+        "calibration": None,
+    }
+
+
+def _check_resumable(table: LatencyTable, space: SearchSpace, engine: Backend, out: Path) -> None:
+    meta = table.meta
+    table.check_space(space)
+    if meta["source"] != "measured":
+        raise EfnasError(f"{out} is an imported table; build into another file with --out")
+    if meta["backend"] != engine.name or meta["threads"] != engine.threads:
+        raise EfnasError(
+            f"{out} was measured with {meta['backend']} at {meta['threads']} thread(s), not "
+            f"{engine.name} at {engine.threads}; choose another --out or the same settings"
+        )
+
+
+class _Build:
+    """One run of ``lut build`` on one table file."""
+
+    def __init__(self, table: LatencyTable, engine: Backend, config: BuildConfig, out: Path, deadline: float | None) -> None:
+        self.table = table
+        self.engine = engine
+        self.config = config
+        self.out = out
+        self.deadline = deadline
+        self.measurement = table.meta["measurement"]
+        self.rng = random.Random(f"build-{config.seed}-{len(table.entries)}")
+
+    @property
+    def context(self) -> str | None:
+        """The chosen context, or None while the calibration has not chosen one yet."""
+        return self.measurement.get("context")
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def spend(self, seconds: float) -> None:
+        self.table.meta["build_seconds"] = round(self.table.meta.get("build_seconds", 0.0) + seconds, 1)
+
+    def save(self) -> None:
+        save_lut(self.table, self.out)
+
+    def measure(self, units: Sequence[OpUnit], progress: Progress, task: Any) -> dict[str, dict[str, Timing]]:
+        """Timings of ``units`` per context (both while undecided, else the chosen one)."""
+        runners = {}
+        for unit in units:
+            torch.manual_seed(self.rng.randrange(2**31))
+            runners[unit.key] = self.engine.prepare(unit.build(), unit.input_shape(), seed=self.rng.randrange(2**31))
+            progress.advance(task, 0.5)
+        # A unit that does (almost) nothing, timed with the others: the fixed cost of one call.
+        runners[NULL_KEY] = self.engine.prepare(nn.ReLU(), (1, 1))
+        contexts = CONTEXTS if self.context is None else (self.context,)
+        per_round = 0.5 * len(units) / self.config.rounds
+        samples = time_units(
+            runners,
+            self.engine.timer(),
+            self.config.rounds,
+            self.config.warmup,
+            self.rng,
+            contexts,
+            on_round=lambda: progress.advance(task, per_round),
+            min_seconds=self.config.min_group_seconds,
+        )
+        timings = {
+            context: {key: Timing.from_samples(values) for key, values in per_key.items()}
+            for context, per_key in samples.items()
+        }
+        overheads = self.measurement.setdefault("call_overhead_per_group_ms", {context: [] for context in CONTEXTS})
+        for context, per_key in timings.items():
+            overheads[context].append(round(per_key.pop(NULL_KEY).value(self.table.statistic), 6))
+        self.set_call_overhead()
+        return timings
+
+    def set_call_overhead(self) -> None:
+        """The table's call overhead: the median of the null unit's per-group timings in the
+        table's context."""
+        values = self.measurement["call_overhead_per_group_ms"][self.context or "cold"]
+        self.table.meta["call_overhead_ms"] = round(float(np.median(values)), 6) if values else 0.0
+
+    def store(self, timings: dict[str, dict[str, Timing]], only_if_quieter: bool = False) -> None:
+        """Entries get the chosen context (cold while undecided); the warm timings of an
+        undecided build wait in ``meta.pending_warm``."""
+        primary = timings[self.context or "cold"]
+        pending = self.table.meta.setdefault("pending_warm", {}) if self.context is None else None
+        for key, timing in primary.items():
+            if only_if_quieter and timing.spread >= self.table.entries[key].spread:
+                continue
+            self.table.entries[key] = timing
+            if pending is not None:
+                pending[key] = timings["warm"][key].to_dict()
+
+
+def build_lut(
+    space: SearchSpace,
+    out: str | Path,
+    config: BuildConfig = BuildConfig(),
+    *,
+    space_arg: str | None = None,
+) -> BuildResult:
+    """Measure (or complete) the table at ``out`` for ``space`` and fit its calibration.
+
+    ``space_arg`` is how the user named the space (a built-in name or a file), recorded so that
+    error messages can print the exact command that fills a missing key.
+    """
+    started = time.monotonic()
+    out = Path(out)
+    if config.num_classes is not None:
+        space = space.with_num_classes(config.num_classes)
+    engine = get_backend(config.backend, config.threads)
+    if out.exists():
+        table = load_lut(out)
+        _check_resumable(table, space, engine, out)
+    else:
+        table = LatencyTable(_new_meta(space, space_arg or space.name, config, engine), path=out)
+    run = _Build(table, engine, config, out, started + 60 * config.max_minutes if config.max_minutes else None)
+    units = space_units(space)
+    todo = [unit for key, unit in units.items() if key not in table.entries]
+    # Mixed groups: each unit is timed between units of other kinds and sizes, as in a network.
+    run.rng.shuffle(todo)
+    measured = remeasured = 0
+    complete = True
+    with engine.session(), progress_bar() as progress:
+        if table.entries and todo:
+            console.print(f"resuming {out}: {len(table.entries)} unit(s) measured, {len(todo)} to go")
+        task = progress.add_task("measuring units", total=len(todo))
+        for start in range(0, len(todo), config.group_size):
+            if measured and run.out_of_time():  # every run measures at least one group
+                complete = False
+                break
+            group_started = time.monotonic()
+            group = todo[start : start + config.group_size]
+            run.store(run.measure(group, progress, task))
+            measured += len(group)
+            run.spend(time.monotonic() - group_started)
+            run.save()
+        for attempt in range(config.retries if complete else 0):
+            noisy = [units[key] for key in units if key in table.entries and table.entries[key].spread > config.max_spread]
+            if not noisy or run.out_of_time():
+                break
+            retry_started = time.monotonic()
+            task = progress.add_task(f"re-measuring noisy units ({attempt + 1})", total=len(noisy))
+            for start in range(0, len(noisy), config.group_size):
+                run.store(run.measure(noisy[start : start + config.group_size], progress, task), only_if_quieter=True)
+            remeasured += len(noisy)
+            run.spend(time.monotonic() - retry_started)
+            run.save()
+        if complete:
+            complete = _calibrate(run, space, progress)
+    return BuildResult(table, measured, remeasured, complete, time.monotonic() - started)
+
+
+def _calibrate(run: _Build, space: SearchSpace, progress: Progress) -> bool:
+    """Measure the calibration networks not yet measured, choose the context, fit. False if
+    stopped early. A table keeps its calibration when keys are added later."""
+    table, config = run.table, run.config
+    if table.calibration is not None:
+        return True
+    wanted = calibration_specs(
+        space.with_num_classes(table.meta["space"]["num_classes"]),
+        run.measurement.get("calibration_samples", config.calibration_samples),
+        run.measurement.get("seed", config.seed),
+    )
+    done = {model["name"]: model for model in table.meta.get("pending_calibration", [])}
+    todo = [(name, spec) for name, spec in wanted if name not in done]
+    task = progress.add_task("measuring calibration networks", total=len(todo))
+    rng = random.Random(f"calibration-order-{config.seed}-{len(done)}")
+    for start in range(0, len(todo), MODEL_GROUP):
+        if start and run.out_of_time():
+            return False
+        group_started = time.monotonic()
+        group = todo[start : start + MODEL_GROUP]
+        timings = time_models(
+            run.engine,
+            group,
+            config.calibration_rounds,
+            config.calibration_runs,
+            rng,
+            config.seed,
+            (progress, task),
+            min_seconds=config.min_group_seconds,
+        )
+        for name, spec in group:
+            done[name] = CalibrationModel(name, spec.to_dict(), **asdict(timings[name])).to_dict()
+        table.meta["pending_calibration"] = list(done.values())
+        run.spend(time.monotonic() - group_started)
+        run.save()
+    models = [CalibrationModel.from_dict(done[name]) for name, _ in wanted]
+    if run.context is None:
+        _choose_context(run, models)
+    table.meta["calibration"] = calibration_from_models(table, models)
+    table.meta.pop("pending_calibration", None)
+    run.save()
+    return True
+
+
+def calibration_from_models(table: LatencyTable, models: Sequence[CalibrationModel]) -> dict[str, Any] | None:
+    """The calibration (as stored in meta) fitted on those of ``models`` the table can price."""
+    usable = [model for model in models if not table.missing(ArchSpec.from_dict(model.arch))]
+    if len(usable) < 2:
+        return None
+    sums = [table.category_sums(ArchSpec.from_dict(model.arch)) for model in usable]
+    return fit_calibration(sums, [model.value(table.statistic) for model in usable], usable).to_dict()
+
+
+def recalibrate(table: LatencyTable) -> LatencyTable:
+    """Fit the calibration again from the networks the table already measured (after an edit of
+    its entries, or with a newer version of the fit); measures nothing."""
+    calibration = table.calibration
+    if calibration is None or len(calibration.models) < 2:
+        raise EfnasError(f"latency table {table.path} has no calibration networks to fit on")
+    table.meta["calibration"] = calibration_from_models(table, calibration.models)
+    if table.meta["calibration"] is None:
+        raise EfnasError(f"latency table {table.path} lacks entries for its own calibration networks")
+    return table
+
+
+def _choose_context(run: _Build, models: list[CalibrationModel]) -> None:
+    """Keep the context whose calibrated entries predict the measured networks better (the
+    calibration's leave-one-out error, or its fit error when there are too few networks)."""
+    table = run.table
+    pending = {key: Timing(**value) for key, value in table.meta.pop("pending_warm", {}).items()}
+    candidates = {"cold": dict(table.entries), "warm": {**table.entries, **pending}}
+    errors: dict[str, float] = {}
+    if len(models) >= 2 and set(pending) == set(table.entries):
+        for context, entries in candidates.items():
+            run.measurement["context"] = context
+            run.set_call_overhead()
+            trial = LatencyTable(table.meta, entries)
+            sums = [trial.category_sums(ArchSpec.from_dict(model.arch)) for model in models]
+            errors[context] = fit_calibration(sums, [model.value(table.statistic) for model in models]).selection_mape
+    chosen = min(errors, key=errors.get) if errors else "cold"
+    run.measurement["context"] = chosen
+    run.measurement["context_error_percent"] = {context: round(error, 4) for context, error in errors.items()}
+    run.set_call_overhead()
+    table.entries = candidates[chosen]

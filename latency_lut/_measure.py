@@ -1,0 +1,222 @@
+"""Timing: interleaved runs, robust statistics, and end-to-end measurement of whole models.
+
+Two patterns, both interleaved so that a slow moment of a shared machine is spread over everything
+being measured instead of spoiling one item:
+
+* units of a table (:func:`time_units`): every round visits every unit once in a fresh random
+  order, rewrites its input (as the previous block would have) and times its first run (cold)
+  and/or a second one (warm);
+* whole networks (:func:`time_models`): every round visits every network once, runs it once
+  untimed, then times ``runs`` back-to-back inferences, the steady state of a deployed model.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from supernet.model import build_model
+from supernet.space import ArchSpec
+
+from latency_lut._backends import Backend, Runner, get_backend
+
+__all__ = ["CONTEXTS", "STATISTICS", "Timing", "measure_model", "time_models", "time_units"]
+
+#: The statistics a table can predict. ``p10`` estimates the latency on an undisturbed machine
+#: (contention from other processes only ever adds time); ``median`` is what most tools report.
+STATISTICS = ("p10", "median")
+#: How a unit is timed: ``cold``, the first run after other units ran (its weights pushed out of
+#: the cache, as in a network larger than the cache), or ``warm``, a second run right after the
+#: first (as in a network that fits in the cache).
+CONTEXTS = ("cold", "warm")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median and 10th/90th percentiles (ms) of ``runs`` timed runs."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+
+    @classmethod
+    def from_samples(cls, samples_ns: Sequence[int]) -> Timing:
+        ms = np.asarray(samples_ns, dtype=float) / 1e6
+        p10, median, p90 = np.percentile(ms, [10, 50, 90])
+        return cls(float(median), float(p10), float(p90), len(ms))
+
+    def value(self, statistic: str) -> float:
+        return self.p10_ms if statistic == "p10" else self.median_ms
+
+    @property
+    def spread(self) -> float:
+        """(p90 - p10) / median: how noisy the measurement was."""
+        return (self.p90_ms - self.p10_ms) / self.median_ms if self.median_ms > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "median_ms": round(self.median_ms, 6),
+            "p10_ms": round(self.p10_ms, 6),
+            "p90_ms": round(self.p90_ms, 6),
+            "runs": self.runs,
+        }
+
+
+@contextmanager
+def _no_gc():
+    # A collection in the middle of a timed run would be charged to whatever block was running.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+#: Small items get more rounds: a group keeps going, up to this many times the rounds asked for,
+#: until it has been timed for ``min_seconds`` (microsecond blocks get hundreds of samples for
+#: a second or two, large ones just the rounds asked for).
+MAX_ROUND_FACTOR = 20
+
+
+def _rounds(rounds: int, min_seconds: float, on_round: Callable[[], None] | None) -> Iterator[None]:
+    """Yield once per round: at least ``rounds`` times, more while under ``min_seconds``."""
+    started = time.monotonic()
+    done = 0
+    while done < rounds or (time.monotonic() - started < min_seconds and done < MAX_ROUND_FACTOR * rounds):
+        yield
+        done += 1
+        if on_round is not None and done <= rounds:
+            on_round()
+
+
+def time_units(
+    runners: dict[str, Runner],
+    clock: Callable[[], int],
+    rounds: int,
+    warmup: int,
+    rng: random.Random,
+    contexts: Sequence[str] = CONTEXTS,
+    on_round: Callable[[], None] | None = None,
+    min_seconds: float = 0.0,
+) -> dict[str, dict[str, list[int]]]:
+    """Per context (``cold``, ``warm``), at least ``rounds`` timings (ns) per runner: each round
+    visits every runner once, in a fresh random order, and times its first run (cold: right
+    after other units) and/or its second (warm: its own weights just used)."""
+    for runner in runners.values():
+        for _ in range(warmup):
+            runner.run()
+    samples: dict[str, dict[str, list[int]]] = {context: {key: [] for key in runners} for context in contexts}
+    cold = samples.get("cold")
+    warm = samples.get("warm")
+    order = list(runners)
+    with _no_gc():
+        for _ in _rounds(rounds, min_seconds, on_round):
+            rng.shuffle(order)
+            for key in order:
+                runner = runners[key]
+                runner.refresh()
+                start = clock()
+                runner.run()
+                end = clock()
+                if cold is not None:
+                    cold[key].append(end - start)
+                if warm is not None:
+                    start = clock()
+                    runner.run()
+                    warm[key].append(clock() - start)
+    return samples
+
+
+def _visit_models(
+    runners: dict[str, Runner],
+    clock: Callable[[], int],
+    rounds: int,
+    runs: int,
+    rng: random.Random,
+    on_round: Callable[[], None] | None = None,
+    min_seconds: float = 0.0,
+) -> dict[str, list[int]]:
+    samples: dict[str, list[int]] = {key: [] for key in runners}
+    order = list(runners)
+    with _no_gc():
+        for _ in _rounds(rounds, min_seconds, on_round):
+            rng.shuffle(order)
+            for key in order:
+                runner = runners[key]
+                runner.refresh()
+                runner.run()
+                for _ in range(runs):
+                    start = clock()
+                    runner.run()
+                    samples[key].append(clock() - start)
+    return samples
+
+
+def time_models(
+    engine: Backend,
+    specs: Sequence[tuple[str, ArchSpec]],
+    rounds: int,
+    runs: int,
+    rng: random.Random,
+    seed: int = 0,
+    progress: tuple[Any, Any] | None = None,
+    min_seconds: float = 0.0,
+) -> dict[str, Timing]:
+    """End-to-end timings of ``build_model(spec)`` for a group of networks, interleaved: at
+    least ``rounds`` rounds, more for small networks while under ``min_seconds``."""
+    runners = {}
+    for name, spec in specs:
+        torch.manual_seed(seed)
+        runners[name] = engine.prepare(build_model(spec), (1, 3, spec.resolution, spec.resolution), seed=seed)
+    step = None
+    if progress is not None:
+        bar, task = progress
+        step = lambda: bar.advance(task, len(specs) / rounds)  # noqa: E731
+    samples = _visit_models(runners, engine.timer(), rounds, runs, rng, on_round=step, min_seconds=min_seconds)
+    return {name: Timing.from_samples(values) for name, values in samples.items()}
+
+
+def measure_model(
+    model_or_spec: nn.Module | ArchSpec,
+    backend: str | Backend = "onnxruntime",
+    threads: int = 1,
+    *,
+    rounds: int = 10,
+    runs: int = 3,
+    min_seconds: float = 0.0,
+    input_shape: tuple[int, ...] | None = None,
+    seed: int = 0,
+) -> Timing:
+    """End-to-end latency of a model (or of ``build_model(spec)``) at batch 1 on ``backend``,
+    measured as ``lut check`` measures networks: ``rounds`` visits (more for a small model, until
+    ``min_seconds``) of one untimed and ``runs`` timed inferences, on the backend's clock (thread
+    CPU time at one thread, else wall time).
+    Compare ``predict_ms`` with ``timing.value(lut.meta["statistic"])``."""
+    if isinstance(model_or_spec, ArchSpec):
+        spec: ArchSpec | None = model_or_spec
+        torch.manual_seed(seed)
+        model: nn.Module = build_model(model_or_spec)
+    else:
+        model = model_or_spec
+        spec = getattr(model, "spec", None)
+    if input_shape is None:
+        if not isinstance(spec, ArchSpec):
+            raise ValueError("measure_model needs input_shape for a model without a .spec")
+        input_shape = (1, 3, spec.resolution, spec.resolution)
+    engine = backend if isinstance(backend, Backend) else get_backend(backend, threads)
+    with engine.session():
+        runner = engine.prepare(model, input_shape, seed=seed)
+        samples = _visit_models({"model": runner}, engine.timer(), rounds, runs, random.Random(seed), min_seconds=min_seconds)
+    return Timing.from_samples(samples["model"])

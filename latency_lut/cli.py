@@ -1,0 +1,411 @@
+"""``efnas lut ...``: build, check, inspect and import latency tables; the Core ML path."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.table import Table
+
+from supernet.cli import DocFormatter
+from supernet.errors import EfnasError
+from supernet.io import console
+from supernet.space import load_arch, load_space
+
+__all__ = ["register"]
+
+_FORMAT = DocFormatter
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    lut = subparsers.add_parser(
+        "lut",
+        help="latency lookup tables: build one for your device, check it, use it, import Core ML timings",
+        description=(
+            "Latency lookup tables price every block of a search space on one device and backend, so "
+            "that the search can predict a network's latency without running it. A table is a JSON "
+            "file (see docs/latency_lut.md); the tool ships tables for the built-in spaces measured "
+            "with onnxruntime on one CPU thread."
+        ),
+        formatter_class=_FORMAT,
+        epilog=(
+            "examples:\n"
+            "  efnas lut build --space tiny --out tiny.json\n"
+            "  efnas lut check --lut tiny.json --samples 50\n"
+            "  efnas lut show tiny.json --preset L1\n"
+            "  efnas lut calibrate --lut tiny.json\n"
+            "  efnas lut coreml-bundle --space efficientformer-v1 --out bundle/\n"
+            "  efnas lut import --bundle bundle/ --results results.csv --device 'iPhone 12' --out iphone12.json"
+        ),
+    )
+    commands = lut.add_subparsers(title="commands", metavar="COMMAND")
+
+    def usage(args: argparse.Namespace) -> int:
+        lut.print_help()
+        return 2
+
+    lut.set_defaults(func=usage)
+    _add_build(commands)
+    _add_check(commands)
+    _add_calibrate(commands)
+    _add_show(commands)
+    _add_bundle(commands)
+    _add_measure_coreml(commands)
+    _add_import(commands)
+
+
+# -- build -------------------------------------------------------------------------------------
+
+
+def _add_build(commands: argparse._SubParsersAction) -> None:
+    from latency_lut._backends import BACKENDS
+    from latency_lut._build import BuildConfig
+
+    d = BuildConfig()
+    build = commands.add_parser(
+        "build",
+        help="measure every block of a space on this machine, then calibrate on whole networks",
+        description=(
+            "Measure every latency unit of a search space (stem, embeddings, Meta4D, Flat, Meta3D, "
+            "head at each width, resolution and MLP ratio the space allows) as a standalone module, "
+            "interleaved in rounds with warm-up, then measure a few random networks end to end and fit "
+            "the calibration (a fixed overhead and one scale per block category). Progress is saved "
+            "after every group of units: a build that is stopped or killed resumes when run again "
+            "with the same --out, and a build into an existing table measures only the keys it lacks "
+            "(e.g. the head for another class count with --num-classes). Run it on a quiet machine."
+        ),
+        formatter_class=_FORMAT,
+        epilog=(
+            "examples:\n"
+            "  efnas lut build --space tiny --out tiny.json\n"
+            "  efnas lut build --space efficientformer-v1 --out v1-ort.json --max-minutes 9   # run again to go on\n"
+            "  efnas lut build --space tiny --num-classes 10 --out tiny.json   # adds the 10-class head keys\n"
+            "  efnas lut build --space my_space.toml --backend torch --threads 4 --out mine.json\n\n"
+            "exit status: 0 when the table is complete, 3 when --max-minutes stopped it (run again), 2 on bad input"
+        ),
+    )
+    build.add_argument("--space", required=True, help="built-in space name or a space file")
+    build.add_argument("--out", required=True, type=Path, help="table file to write (resumed if it exists)")
+    build.add_argument("--backend", default=d.backend, choices=BACKENDS, help="where to measure (default: %(default)s)")
+    build.add_argument("--threads", type=int, default=d.threads, help="CPU threads of the backend (default: %(default)s)")
+    build.add_argument("--num-classes", type=int, help="price the head for this class count instead of the space's")
+    build.add_argument("--device", help="device name recorded in the table (default: the CPU or GPU model)")
+    build.add_argument("--statistic", default=d.statistic, choices=("p10", "median"),
+                       help="what entries and predictions stand for (default: %(default)s, the latency on an undisturbed machine)")
+    build.add_argument("--rounds", type=int, default=d.rounds, help="timed runs per unit (default: %(default)s)")
+    build.add_argument("--calibration-samples", type=int, default=d.calibration_samples,
+                       help="random networks measured end to end for the calibration (default: %(default)s)")
+    build.add_argument("--min-group-seconds", type=float, default=d.min_group_seconds,
+                       help="time every group of units (and of calibration networks) at least this long, with more rounds "
+                            "for small ones (default: %(default)s)")
+    build.add_argument("--seed", type=int, default=d.seed, help="seed of the calibration networks and the run order (default: %(default)s)")
+    build.add_argument("--max-minutes", type=float, help="stop after about this many minutes; run again to continue")
+    build.set_defaults(func=_run_build)
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from latency_lut._build import BuildConfig, build_lut
+
+    config = BuildConfig(
+        backend=args.backend,
+        threads=args.threads,
+        statistic=args.statistic,
+        rounds=args.rounds,
+        calibration_samples=args.calibration_samples,
+        min_group_seconds=args.min_group_seconds,
+        seed=args.seed,
+        device=args.device,
+        num_classes=args.num_classes,
+        max_minutes=args.max_minutes,
+    )
+    space = load_space(args.space)
+    result = build_lut(space, args.out, config, space_arg=args.space)
+    table = result.table
+    console.print(
+        f"{args.out}: {len(table.entries)} unit(s); this run measured {result.measured} and re-measured "
+        f"{result.remeasured} noisy one(s) in {result.seconds:.0f} s (all runs so far: {table.meta['build_seconds']:.0f} s)"
+    )
+    if not result.complete:
+        console.print(f"[yellow]stopped after --max-minutes; run the same command again to continue[/]")
+        return 3
+    _print_calibration(table)
+    console.print(f"check it with: efnas lut check --lut {args.out}")
+    return 0
+
+
+# -- check -------------------------------------------------------------------------------------
+
+
+def _add_check(commands: argparse._SubParsersAction) -> None:
+    from latency_lut._check import CheckConfig
+
+    d = CheckConfig()
+    check = commands.add_parser(
+        "check",
+        help="measure random subnets and the presets end to end and compare with the table's predictions",
+        description=(
+            "Measure the space's presets and N random subnets end to end on the table's backend (none "
+            "of them a calibration network of the table) and print predicted vs measured: the share "
+            "within ±5% and ±10%, mean absolute percentage error, worst case and Kendall's tau. The "
+            "results go to a JSON file (saved as the check goes; a stopped check resumes) and a "
+            "scatter plot PNG."
+        ),
+        formatter_class=_FORMAT,
+        epilog=(
+            "examples:\n"
+            "  efnas lut check --lut tiny.json\n"
+            "  efnas lut check --lut v1-ort.json --samples 100 --out v1-check.json --plot v1-check.png"
+        ),
+    )
+    check.add_argument("--lut", required=True, type=Path, help="the table to check")
+    check.add_argument("--space", help="the table's space (default: the one recorded in the table)")
+    check.add_argument("--samples", type=int, default=d.samples, help="random subnets besides the presets (default: %(default)s)")
+    check.add_argument("--seed", type=int, default=d.seed, help="seed of the random subnets (default: %(default)s)")
+    check.add_argument("--rounds", type=int, default=d.rounds, help="visits per network (default: %(default)s)")
+    check.add_argument("--out", type=Path, help="results JSON (default: next to the table, NAME.check.json)")
+    check.add_argument("--plot", type=Path, help="scatter plot PNG (default: next to the results, .png)")
+    check.add_argument("--max-minutes", type=float, help="stop after about this many minutes; run again to continue")
+    check.set_defaults(func=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from latency_lut._check import CheckConfig, check_lut, plot_check
+    from latency_lut._table import load_lut
+
+    lut = load_lut(args.lut)
+    space = load_space(args.space or lut.meta["space"].get("source") or lut.meta["space"]["name"])
+    out = args.out or args.lut.with_suffix(".check.json")
+    plot = args.plot or out.with_suffix(".png")
+    config = CheckConfig(samples=args.samples, seed=args.seed, rounds=args.rounds, max_minutes=args.max_minutes)
+    report = check_lut(lut, space, config, out=out)
+    if not report.complete:
+        console.print(f"[yellow]stopped after --max-minutes with {len(report.rows)} network(s) measured; run again to continue[/]")
+        return 3
+    _print_check(report)
+    plot_check(report, plot, f"{space.name}: {lut.meta['device']}, {lut.backend}, {lut.meta['threads']} thread(s)")
+    console.print(f"results: {out}\nplot: {plot}")
+    return 0
+
+
+def _print_check(report) -> None:
+    table = Table(title=f"predicted vs measured ({report.statistic} of runs, ms)")
+    for column in ("network", "measured", "predicted", "error"):
+        table.add_column(column, justify="left" if column == "network" else "right")
+    for row in report.rows:
+        if row["preset"]:
+            table.add_row(row["name"], f"{row['measured'][report.statistic + '_ms']:.3f}", f"{row['predicted_ms']:.3f}", f"{row['error_percent']:+.2f}%")
+    console.print(table)
+    summary = Table(title=f"{len(report.rows)} held-out networks (the presets and random subnets)")
+    for column in ("predictor", "within ±5%", "within ±10%", "MAPE", "worst", "Kendall τ"):
+        summary.add_column(column, justify="left" if column == "predictor" else "right")
+    for label, stats in (("table, calibrated", report.stats()), ("table, plain sum", report.stats(calibrated=False))):
+        summary.add_row(label, f"{stats.within_5:.1f}%", f"{stats.within_10:.1f}%", f"{stats.mape:.2f}%", f"{stats.worst:.2f}%", f"{stats.kendall_tau:.3f}")
+    console.print(summary)
+
+
+# -- calibrate ---------------------------------------------------------------------------------
+
+
+def _add_calibrate(commands: argparse._SubParsersAction) -> None:
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="fit a table's calibration again from the networks it already measured (measures nothing)",
+        description=(
+            "Fit the calibration of a table again on the whole networks stored in it (meta.calibration.models), "
+            "for instance after editing entries by hand or after a tool update changed the fit. Nothing is "
+            "measured; the table is rewritten in place. lut build calibrates by itself: a fresh table needs "
+            "no extra step."
+        ),
+        formatter_class=_FORMAT,
+        epilog="example:\n  efnas lut calibrate --lut latency_lut/tables/tiny_onnxruntime-cpu1.json",
+    )
+    calibrate.add_argument("--lut", required=True, type=Path, help="the table to calibrate again")
+    calibrate.set_defaults(func=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from latency_lut._build import recalibrate
+    from latency_lut._table import load_lut, save_lut
+
+    table = recalibrate(load_lut(args.lut))
+    save_lut(table, args.lut)
+    _print_calibration(table)
+    return 0
+
+
+def _print_calibration(table) -> None:
+    calibration = table.calibration
+    if calibration is None:
+        console.print("no calibration: predictions are the plain sum of the units")
+        return
+    scales = ", ".join(f"{name} {value:.3f}" for name, value in calibration.scales.items())
+    loo = f", leave-one-out {calibration.loo_mape:.2f}%" if calibration.loo_mape is not None else ""
+    console.print(
+        f"calibration on {len(calibration.models)} network(s): overhead {calibration.overhead_ms:.3f} ms, "
+        f"scales {scales}; mean absolute error of the fit {calibration.fit_mape:.2f}%{loo}"
+    )
+
+
+# -- show --------------------------------------------------------------------------------------
+
+
+def _add_show(commands: argparse._SubParsersAction) -> None:
+    show = commands.add_parser(
+        "show",
+        help="describe a table; with --arch or --preset, price an architecture unit by unit",
+        description=(
+            "Print what a table is (device, backend, space, how and when it was measured, its "
+            "calibration). With --arch FILE or --preset NAME, list the units of that architecture with "
+            "their entries and the predicted latency."
+        ),
+        formatter_class=_FORMAT,
+        epilog="examples:\n  efnas lut show latency_lut/tables/tiny_onnxruntime-cpu1.json\n  efnas lut show v1.json --preset L1\n  efnas lut show v1.json --arch best.json",
+    )
+    show.add_argument("lut", type=Path, help="table file")
+    which = show.add_mutually_exclusive_group()
+    which.add_argument("--arch", type=Path, help="architecture JSON to price")
+    which.add_argument("--preset", help="preset of the table's space to price")
+    show.set_defaults(func=_run_show)
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    from latency_lut._keys import op_keys
+    from latency_lut._table import load_lut
+
+    lut = load_lut(args.lut)
+    meta = lut.meta
+    console.print(f"[bold]{args.lut}[/]: {lut.describe()}")
+    console.print(f"{len(lut.entries)} unit(s), {meta['source']}, entries are the {lut.statistic} of the runs")
+    prov = meta.get("provenance") or {}
+    if prov:
+        console.print(f"made {prov.get('date')} on {prov.get('machine', {}).get('hostname')} by: {prov.get('command')}")
+    _print_calibration(lut)
+    if not (args.arch or args.preset):
+        return 0
+    if args.arch:
+        spec = load_arch(args.arch)
+    else:
+        space = load_space(meta["space"].get("source") or meta["space"]["name"])
+        spec = space.with_num_classes(meta["space"].get("num_classes", space.num_classes)).preset(args.preset)
+    table = Table(title=spec.label())
+    for column in ("unit", "count", "entry ms", "total ms"):
+        table.add_column(column, justify="left" if column == "unit" else "right")
+    for key, count in op_keys(spec):
+        entry = lut.entries.get(key)
+        value = entry.value(lut.statistic) if entry else None
+        table.add_row(key, str(count), f"{value:.4f}" if entry else "[red]missing[/]", f"{value * count:.4f}" if entry else "")
+    console.print(table)
+    console.print(f"sum {lut.predict_ms(spec, calibrated=False):.3f} ms; predicted (calibrated) {lut.predict_ms(spec):.3f} ms")
+    return 0
+
+
+# -- Core ML -----------------------------------------------------------------------------------
+
+
+def _add_bundle(commands: argparse._SubParsersAction) -> None:
+    bundle = commands.add_parser(
+        "coreml-bundle",
+        help="convert every block of a space (and calibration networks) to Core ML packages for timing on Apple devices",
+        description=(
+            "Write one Core ML package (ML Program, fp16, traced with torch.jit.trace and converted "
+            "with coremltools) per latency unit of the space, the calibration networks as whole "
+            "models, and manifest.json listing every package with its input and output shapes. Time "
+            "the packages on the device (efnas lut measure-coreml on a Mac, or an iOS benchmark app / "
+            "Xcode's performance report on an iPhone), then turn the timings into a table with "
+            "efnas lut import. Works on any OS; an existing bundle is completed, not rewritten."
+        ),
+        formatter_class=_FORMAT,
+        epilog=(
+            "examples:\n"
+            "  efnas lut coreml-bundle --space efficientformer-v1 --out bundle-v1/\n"
+            "  efnas lut coreml-bundle --space tiny --out bundle-tiny/ --keys stem:w16:r32,head:w64:r1:c37"
+        ),
+    )
+    bundle.add_argument("--space", required=True, help="built-in space name or a space file")
+    bundle.add_argument("--out", required=True, type=Path, help="bundle folder")
+    bundle.add_argument("--keys", help="comma-separated unit keys to convert instead of the whole space")
+    bundle.add_argument("--num-classes", type=int, help="class count of the head and networks (default: the space's)")
+    bundle.add_argument("--calibration-samples", type=int, default=12, help="random networks for the calibration (default: %(default)s)")
+    bundle.add_argument("--seed", type=int, default=0, help="seed of the calibration networks (default: %(default)s)")
+    bundle.set_defaults(func=_run_bundle)
+
+
+def _run_bundle(args: argparse.Namespace) -> int:
+    from latency_lut._coreml import write_bundle
+
+    space = load_space(args.space)
+    if args.num_classes:
+        space = space.with_num_classes(args.num_classes)
+    keys = [key.strip() for key in args.keys.split(",") if key.strip()] if args.keys else None
+    manifest = write_bundle(
+        space, args.out, keys=keys, calibration_samples=args.calibration_samples, seed=args.seed, space_arg=args.space
+    )
+    console.print(
+        f"{args.out}: {len(manifest['units'])} unit package(s) and {len(manifest['models'])} network(s) in "
+        f"{manifest['seconds']:.0f} s; time them on the device, then: efnas lut import --bundle {args.out} "
+        "--results RESULTS.csv --device NAME --out TABLE.json"
+    )
+    return 0
+
+
+def _add_measure_coreml(commands: argparse._SubParsersAction) -> None:
+    from latency_lut._coreml import COMPUTE_UNITS
+
+    measure = commands.add_parser(
+        "measure-coreml",
+        help="time a Core ML bundle on this Mac and write the results CSV (macOS only)",
+        description=(
+            "Time every package of a bundle with Core ML on this Mac (warm-up, then repeated "
+            "predictions; median, p10, p90) for each requested set of compute units, and write the "
+            "results CSV that efnas lut import reads. Core ML prediction exists only on macOS; on "
+            "other systems this command says so and stops."
+        ),
+        formatter_class=_FORMAT,
+        epilog="examples:\n  efnas lut measure-coreml bundle-v1/\n  efnas lut measure-coreml bundle-v1/ --compute-units ALL,CPU_ONLY --out m1.csv",
+    )
+    measure.add_argument("bundle", type=Path, help="bundle folder written by efnas lut coreml-bundle")
+    measure.add_argument("--compute-units", default="ALL", help=f"comma-separated, from {', '.join(COMPUTE_UNITS)} (default: %(default)s)")
+    measure.add_argument("--runs", type=int, default=50, help="timed predictions per package (default: %(default)s)")
+    measure.add_argument("--out", type=Path, help="results CSV (default: BUNDLE/results.csv)")
+    measure.set_defaults(func=_run_measure_coreml)
+
+
+def _run_measure_coreml(args: argparse.Namespace) -> int:
+    from latency_lut._coreml import measure_coreml
+
+    units = [unit.strip() for unit in args.compute_units.split(",") if unit.strip()]
+    out = args.out or args.bundle / "results.csv"
+    measure_coreml(args.bundle, out, units, runs=args.runs)
+    console.print(f"results: {out}")
+    return 0
+
+
+def _add_import(commands: argparse._SubParsersAction) -> None:
+    imp = commands.add_parser(
+        "import",
+        help="turn timings of a Core ML bundle measured on a device into a latency table",
+        description=(
+            "Read a bundle's manifest and a results CSV (columns name, median_ms and optionally "
+            "p10_ms, p90_ms, runs, compute_units; name is a unit key or model:NAME for a calibration "
+            "network) and write a latency table for the device. If the CSV times at least two "
+            "calibration networks, the table is calibrated on them."
+        ),
+        formatter_class=_FORMAT,
+        epilog="example:\n  efnas lut import --bundle bundle-v1/ --results iphone12.csv --device 'iPhone 12' --out iphone12.json",
+    )
+    imp.add_argument("--bundle", required=True, type=Path, help="bundle folder (its manifest.json)")
+    imp.add_argument("--results", required=True, type=Path, help="results CSV")
+    imp.add_argument("--device", required=True, help="device name recorded in the table, e.g. 'iPhone 12'")
+    imp.add_argument("--out", required=True, type=Path, help="table file to write")
+    imp.add_argument("--compute-units", help="which rows to use when the CSV has several compute units")
+    imp.set_defaults(func=_run_import)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from latency_lut._coreml import import_results
+
+    if args.out.exists() and args.out.resolve() == args.results.resolve():
+        raise EfnasError("--out must not be the results file")
+    table = import_results(args.bundle, args.results, args.device, args.out, args.compute_units)
+    console.print(f"{args.out}: {len(table.entries)} unit(s) for {args.device}; {'calibrated' if table.calibration else 'not calibrated'}")
+    return 0

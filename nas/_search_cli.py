@@ -1,0 +1,215 @@
+"""``efnas search`` and ``efnas batch``: the search's command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import optuna
+from rich.table import Table
+
+from nas.budget import budget_requests
+from nas.evaluator import EvalConfig
+from nas.results import results_table
+from nas.study import DEFAULT_TRIALS, STRATEGIES, SearchConfig, SearchResult, run_search
+from supernet.cli import DocFormatter
+from supernet.io import console
+
+__all__ = ["print_result", "register_batch", "register_search"]
+
+_D = SearchConfig()
+_E = EvalConfig()
+
+SEARCH_DESCRIPTION = f"""\
+Search a trained supernet for the most accurate architecture under one or more latency budgets.
+Every architecture tried is a trial of one Optuna study: its score is the top-1 on the validation
+split with weights inherited from the supernet (after BatchNorm recalibration on a few training
+batches), its cost the latency predicted by each latency table. An architecture is feasible only
+under every budget.
+
+Strategies: tpe (Optuna's TPE, latency as a constraint), nsga2 (accuracy vs latency, a Pareto
+front), random (the baseline), slimming (EfficientFormer's greedy search: shrink the largest
+network by the action that loses the least accuracy per millisecond saved until it is under
+budget, then grow back while budget remains).
+
+Budgets pair up with tables in order: --lut A --budget L1 --lut B --budget-ms 2.5. Without --lut
+the table shipped for the supernet's space is used. A preset budget (L1, L3, L7) is the preset's
+own predicted latency on that table.
+
+The study lives in --storage (default: OUT/study.db, SQLite). Rerunning the same command continues
+it: completed trials are kept, trials of a killed run are retried. Any number of workers on any
+machines may run the same command against one PostgreSQL storage (postgresql://user@host/db) and
+share the work. Watch a study with optuna-dashboard STORAGE.
+
+Writes OUT/best.json (the best feasible architecture: `efnas export` reads it), OUT/trials.csv and
+OUT/pareto.png, and prints the best architectures beside the presets.
+"""
+
+SEARCH_EXAMPLES = """\
+examples:
+  efnas search --supernet runs/tiny --budget L1 --out runs/search-l1
+  efnas search --supernet runs/tiny --lut tiny.json --budget-ms 0.08 --strategy slimming --out runs/slim
+  efnas search --supernet runs/tiny --strategy nsga2 --trials 200 --budget L3 --out runs/nsga2
+  efnas search --supernet runs/v1 --lut cpu.json --budget L1 --lut iphone12.json --budget-ms 1.6
+  efnas search --supernet runs/tiny --budget L3 --val-subset 2000 --out runs/quick   # faster scoring
+  # two workers (run the same command on each machine):
+  efnas search --supernet runs/v1 --budget L3 --storage postgresql://efnas@db-host/efnas --study v1-l3
+  optuna-dashboard sqlite:///runs/search-l1/study.db
+"""
+
+
+class _BudgetAction(argparse.Action):
+    """Collects --budget and --budget-ms in the order given, so they pair up with --lut."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values, option_string=None) -> None:
+        items = list(getattr(namespace, "budget_items", None) or [])
+        items.append(float(values) if self.dest == "budget_ms" else values)
+        namespace.budget_items = items
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds as a number, got {text!r}") from None
+
+
+def register_search(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "search",
+        help="search a trained supernet for the best architecture under latency budgets (TPE, NSGA-II, random, slimming)",
+        description=SEARCH_DESCRIPTION,
+        formatter_class=DocFormatter,
+        epilog=SEARCH_EXAMPLES,
+    )
+    parser.add_argument("--supernet", default=_D.supernet, help="supernet checkpoint or training run folder (default: %(default)s)")
+    parser.add_argument("--lut", action="append", default=[], metavar="FILE", help="latency table; repeat for several devices (default: the shipped one)")
+    parser.add_argument("--budget", action=_BudgetAction, metavar="PRESET", help="budget: this preset's own predicted latency on the table (L1, L3, L7)")
+    parser.add_argument("--budget-ms", action=_BudgetAction, type=_milliseconds, metavar="MS", help="budget in milliseconds of predicted latency")
+    parser.add_argument("--strategy", default=_D.strategy, choices=STRATEGIES, help="search strategy (default: %(default)s)")
+    parser.add_argument("--trials", type=int, help=f"architectures to evaluate, study-wide (default: {DEFAULT_TRIALS}; slimming: until it ends)")
+    parser.add_argument("--seed", type=int, default=_D.seed, help="sampler seed (default: %(default)s)")
+    parser.add_argument("--out", default=_D.out, help="run folder for the study database and the results (default: %(default)s)")
+    parser.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://...) or an SQLite file (default: OUT/study.db)")
+    parser.add_argument("--study", help="study name (default: the run folder's name)")
+    parser.add_argument("--data", help="dataset argument (default: the one the supernet was trained on)")
+    parser.add_argument("--calib-batches", type=int, default=_E.calib_batches, help="training batches for the BatchNorm recalibration (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=_E.batch_size, help="batch size of calibration and validation (default: %(default)s)")
+    parser.add_argument("--val-subset", type=int, help="score on this many validation images (a fixed, seeded subset; default: all)")
+    parser.add_argument("--eval-seed", type=int, default=_E.seed, help="seed of the calibration batches and the validation subset (default: %(default)s)")
+    parser.add_argument("--population", type=int, default=_D.population, help="NSGA-II population size (default: %(default)s)")
+    parser.add_argument("--device", default=_D.device, choices=("cpu", "cuda", "auto"), help="where to evaluate (default: %(default)s)")
+    parser.add_argument("--threads", type=int, help="intra-op CPU threads (default: torch's choice)")
+    parser.add_argument("--top", type=int, default=_D.top, help="rows of the results table (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run_search, budget_items=None)
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    optuna.logging.set_verbosity(logging.WARNING)
+    config = SearchConfig(
+        supernet=args.supernet,
+        budgets=budget_requests(args.lut, args.budget_items or []),
+        strategy=args.strategy,
+        trials=args.trials,
+        seed=args.seed,
+        out=args.out,
+        storage=args.storage,
+        study=args.study,
+        data=args.data,
+        calib_batches=args.calib_batches,
+        batch_size=args.batch_size,
+        val_subset=args.val_subset,
+        eval_seed=args.eval_seed,
+        population=args.population,
+        device=args.device,
+        threads=args.threads,
+        top=args.top,
+    )
+    print_result(run_search(config, show_progress=not args.no_progress), top=config.top)
+    return 0
+
+
+def print_result(result: SearchResult, top: int = 10) -> None:
+    """The results table, the slimming's decisions, notes and the files written."""
+    budgets = ", ".join(
+        f"{b['preset']} = {b['limit_ms']:.4g} ms" if b["preset"] else f"{b['limit_ms']:.4g} ms" for b in result.budgets
+    )
+    title = f"Study '{result.study}' ({result.strategy}, budget {budgets}): {result.evaluated} architectures evaluated"
+    console.print(results_table(result.records, list(result.limits), top=top, presets=result.presets, title=title))
+    if result.slimming_path:
+        table = Table(title="Slimming decisions")
+        for column in ("phase", "step", "action", "architecture", "top-1", *(f"{n} ms" for n in result.limits)):
+            table.add_column(column, justify="right" if column in ("step", "top-1") or column.endswith(" ms") else "left")
+        for step in result.slimming_path:
+            table.add_row(step["phase"], str(step["step"]), step["action"], step["label"], f"{100 * step['accuracy']:.2f}%",
+                          *(f"{step['latency_ms'][n]:.4g}" for n in result.limits))
+        console.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]{note}[/]")
+    if result.best is None:
+        console.print("[red]no feasible architecture found yet[/]: run more trials, or raise the budget")
+    console.print(f"storage: {result.storage} (study '{result.study}')")
+    for path in result.files:
+        console.print(f"wrote {path}")
+
+
+# -- batch ---------------------------------------------------------------------------------------
+
+BATCH_DESCRIPTION = """\
+Run several searches described in one TOML file: shared settings in [defaults], one [[search]]
+table per search (name, lut, budget, strategy, trials, seed, and any other `efnas search`
+setting). Each search writes into OUT/NAME/ (OUT is the file's `out`, default runs/FILE-NAME).
+Finished searches are skipped, partial ones resumed, so running a batch again only does what is
+left. Ends with a summary table (also OUT/summary.json and OUT/summary.csv): each search's budget,
+best accuracy and latency and, for preset budgets, the preset's own accuracy and latency.
+
+A budget is a preset name (budget = "L1") or milliseconds (budget = 2.5); lut and budget may be
+lists that pair up in order. Relative paths are relative to the current folder.
+"""
+
+BATCH_EXAMPLES = """\
+examples:
+  efnas batch examples/budget_sweep.toml
+  efnas batch examples/regenerate_l1_l3_l7.toml --only L3-slimming
+
+file format:
+  out = "runs/sweep"
+  [defaults]
+  supernet = "runs/supernet"
+  strategy = "tpe"
+  trials = 60
+  [[search]]
+  name = "l1"
+  budget = "L1"
+  [[search]]
+  name = "cpu-and-phone"
+  lut = ["cpu.json", "iphone12.json"]
+  budget = [2.0, 1.6]
+"""
+
+
+def register_batch(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "batch",
+        help="run the searches of a TOML batch file (skips finished ones, resumes partial ones)",
+        description=BATCH_DESCRIPTION,
+        formatter_class=DocFormatter,
+        epilog=BATCH_EXAMPLES,
+    )
+    parser.add_argument("file", type=Path, help="batch file (TOML)")
+    parser.add_argument("--only", action="append", metavar="NAME", help="run only this search (repeatable)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=_run_batch)
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from nas.batch import load_batch, run_batch, summary_table
+
+    optuna.logging.set_verbosity(logging.WARNING)
+    batch = load_batch(args.file)
+    rows = run_batch(batch, only=args.only, show_progress=not args.no_progress)
+    console.print(summary_table(rows, title=f"Batch {args.file}"))
+    console.print(f"wrote {batch.out / 'summary.json'} and {batch.out / 'summary.csv'}")
+    return 0

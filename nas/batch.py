@@ -1,0 +1,290 @@
+"""Batch searches: many searches described in one TOML file, run (or continued) in one command.
+
+::
+
+    out = "runs/sweep"            # batch folder (default: runs/<file name>)
+
+    [defaults]                    # shared by every search unless it sets the key itself
+    supernet = "runs/supernet"
+    strategy = "tpe"
+    trials = 60
+
+    [[search]]
+    name = "l1"                   # folder OUT/l1/, and the study name
+    budget = "L1"                 # a preset name, or milliseconds: budget = 2.5
+
+    [[search]]
+    name = "cpu-and-phone"
+    lut = ["cpu.json", "iphone12.json"]
+    budget = [2.0, 1.6]           # pairs up with lut in order
+
+Every other key is a setting of :class:`nas.study.SearchConfig` (as on the command line, with
+underscores). Each search resumes its own study, so a batch run again does only what is left.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from nas.budget import budget_requests
+from nas.evaluator import Evaluator
+from nas.study import STRATEGIES, SearchConfig, SearchResult, load_evaluator, run_search
+from supernet.errors import EfnasError
+from supernet.io import atomic_write_json, atomic_write_text, console, provenance
+
+__all__ = ["Batch", "BatchEntry", "BatchRow", "load_batch", "run_batch", "summary_table"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_INT = "an integer"
+_STRING = "a string"
+
+# key -> (what it must be, lowest allowed value for integers)
+_SETTINGS: dict[str, tuple[str, int | None]] = {
+    "supernet": (_STRING, None),
+    "lut": ("a file name or a list of them", None),
+    "budget": ("a preset name, milliseconds, or a list of them", None),
+    "strategy": (_STRING, None),
+    "trials": (_INT, 1),
+    "seed": (_INT, 0),
+    "storage": (_STRING, None),
+    "data": (_STRING, None),
+    "calib_batches": (_INT, 1),
+    "batch_size": (_INT, 1),
+    "val_subset": (_INT, 1),
+    "eval_seed": (_INT, 0),
+    "population": (_INT, 2),
+    "device": (_STRING, None),
+    "threads": (_INT, 1),
+    "top": (_INT, 1),
+}
+_SEARCH_ONLY = {"name": (_STRING, None), "study": (_STRING, None)}
+_TOP_LEVEL = ("out", "defaults", "search")
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    name: str
+    config: SearchConfig
+
+
+@dataclass(frozen=True)
+class Batch:
+    path: Path
+    out: Path
+    entries: tuple[BatchEntry, ...]
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    """One line of a batch summary."""
+
+    name: str
+    strategy: str
+    budget: str
+    status: str  # "done", or "partial" (the trial budget ran out, or another worker is still at it)
+    evaluated: int
+    added: int
+    best_label: str | None
+    best_accuracy: float | None
+    best_latency_ms: dict[str, float]
+    preset: str | None
+    preset_accuracy: float | None
+    preset_latency_ms: dict[str, float]
+    out: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _check_value(where: str, key: str, value: Any, kind: str, lowest: int | None) -> None:
+    def fail() -> None:
+        raise EfnasError(f"{where}: key '{key}' must be {kind}, got {value!r}")
+
+    if kind == _INT:
+        if not isinstance(value, int) or isinstance(value, bool):
+            fail()
+        if lowest is not None and value < lowest:
+            raise EfnasError(f"{where}: key '{key}' must be at least {lowest}, got {value}")
+    elif kind == _STRING:
+        if not isinstance(value, str) or not value:
+            fail()
+    elif key == "lut":
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(isinstance(item, str) and item for item in items):
+            fail()
+    elif key == "budget":
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(
+            (isinstance(item, str) and item) or (isinstance(item, (int, float)) and not isinstance(item, bool) and item > 0)
+            for item in items
+        ):
+            fail()
+
+
+def _check_table(where: str, table: Any, allowed: dict[str, tuple[str, int | None]]) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise EfnasError(f"{where} must be a table")
+    for key, value in table.items():
+        if key not in allowed:
+            raise EfnasError(f"{where}: unknown key '{key}'; known keys are {', '.join(sorted(allowed))}")
+        _check_value(where, key, value, *allowed[key])
+    return table
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def load_batch(path: str | Path) -> Batch:
+    """Read and validate a batch file; every problem is a one-line :class:`EfnasError` naming the
+    table and the key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise EfnasError(f"batch file {path} does not exist") from None
+    except OSError as exc:
+        raise EfnasError(f"cannot read batch file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise EfnasError(f"batch file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(_TOP_LEVEL))
+    if unknown:
+        raise EfnasError(f"{path}: unknown top-level key '{unknown[0]}'; known keys are out, [defaults] and [[search]]")
+    out = data.get("out", f"runs/{path.stem}")
+    if not isinstance(out, str) or not out:
+        raise EfnasError(f"{path}: key 'out' must be a folder name, got {out!r}")
+    defaults = _check_table(f"{path}: [defaults]", data.get("defaults", {}), _SETTINGS)
+    searches = data.get("search")
+    if not isinstance(searches, list) or not searches:
+        raise EfnasError(f"{path}: no searches: add at least one [[search]] table with a name and a budget")
+    entries: list[BatchEntry] = []
+    for number, raw in enumerate(searches, 1):
+        where = f"{path}: [[search]] #{number}"
+        if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+            where += f" ('{raw['name']}')"
+        table = _check_table(where, raw, {**_SETTINGS, **_SEARCH_ONLY})
+        name = table.get("name")
+        if name is None:
+            raise EfnasError(f"{where}: missing key 'name'")
+        if not _NAME.match(name):
+            raise EfnasError(f"{where}: key 'name' must be a folder name (letters, digits, '.', '_', '-'), got {name!r}")
+        if any(entry.name == name for entry in entries):
+            raise EfnasError(f"{where}: key 'name' repeats the name of an earlier search ('{name}')")
+        settings = {**defaults, **table}
+        if "budget" not in settings:
+            raise EfnasError(f"{where}: missing key 'budget' (a preset name like \"L1\" or milliseconds), here or in [defaults]")
+        if settings.get("strategy", "tpe") not in STRATEGIES:
+            raise EfnasError(f"{where}: key 'strategy' must be one of {', '.join(STRATEGIES)}, got {settings['strategy']!r}")
+        try:
+            requests = budget_requests(_as_list(settings.pop("lut", None)), _as_list(settings.pop("budget")))
+            settings.pop("name")
+            config = SearchConfig(budgets=requests, out=str(Path(out) / name), study=settings.pop("study", name), **settings)
+        except EfnasError as exc:
+            raise EfnasError(f"{where}: {exc}") from None
+        entries.append(BatchEntry(name, config))
+    return Batch(path, Path(out), tuple(entries))
+
+
+def _row(name: str, result: SearchResult) -> BatchRow:
+    best = result.best
+    preset = next((b["preset"] for b in result.budgets if b["preset"]), None)
+    reference = result.presets.get(preset, {}) if preset else {}
+    budget = ", ".join(
+        (f"{b['preset']} ({b['limit_ms']:.4g} ms)" if b["preset"] else f"{b['limit_ms']:.4g} ms") + f" on {b['lut']}"
+        for b in result.budgets
+    )
+    return BatchRow(
+        name=name,
+        strategy=result.strategy,
+        budget=budget,
+        status="done" if result.finished else "partial",
+        evaluated=result.evaluated,
+        added=result.added,
+        best_label=best.spec.label() if best and best.spec else None,
+        best_accuracy=best.accuracy if best else None,
+        best_latency_ms=best.latency_ms if best else {},
+        preset=preset,
+        preset_accuracy=reference.get("accuracy"),
+        preset_latency_ms=reference.get("latency_ms", {}),
+        out=str(result.out),
+    )
+
+
+def run_batch(batch: Batch, *, only: Sequence[str] | None = None, show_progress: bool = True) -> list[BatchRow]:
+    """Run (or continue) each search of ``batch``; writes ``summary.json`` and ``summary.csv``
+    into the batch folder and returns the summary rows."""
+    entries = list(batch.entries)
+    if only:
+        unknown = sorted(set(only) - {entry.name for entry in entries})
+        if unknown:
+            raise EfnasError(f"{batch.path} has no search named {', '.join(unknown)}; its searches are {', '.join(e.name for e in entries)}")
+        entries = [entry for entry in entries if entry.name in only]
+    rows = []
+    # Searches of one supernet with the same scoring settings share an evaluator, and so each
+    # other's scores: a sweep of budgets evaluates an architecture once.
+    evaluators: dict[tuple[Any, ...], Evaluator] = {}
+    for entry in entries:
+        if show_progress:
+            console.rule(f"{entry.name}: {entry.config.strategy}")
+        c = entry.config
+        key = (str(Path(c.supernet).resolve()), c.eval_config, c.data, c.device)
+        if key not in evaluators:
+            evaluators[key] = load_evaluator(c)
+        rows.append(_row(entry.name, run_search(c, evaluator=evaluators[key], show_progress=show_progress)))
+    atomic_write_json(batch.out / "summary.json", {"batch": str(batch.path), "searches": [r.to_dict() for r in rows], "provenance": provenance()})
+    atomic_write_text(batch.out / "summary.csv", _summary_csv(rows))
+    return rows
+
+
+def _summary_csv(rows: Sequence[BatchRow]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["name", "strategy", "budget", "status", "evaluated", "best_architecture", "best_accuracy",
+                     "best_latency_ms", "preset", "preset_accuracy", "preset_latency_ms", "out"])
+    for r in rows:
+        writer.writerow([
+            r.name, r.strategy, r.budget, r.status, r.evaluated, r.best_label or "",
+            "" if r.best_accuracy is None else f"{r.best_accuracy:.6f}",
+            ";".join(f"{k}={v:.6f}" for k, v in r.best_latency_ms.items()),
+            r.preset or "", "" if r.preset_accuracy is None else f"{r.preset_accuracy:.6f}",
+            ";".join(f"{k}={v:.6f}" for k, v in r.preset_latency_ms.items()), r.out,
+        ])
+    return buffer.getvalue()
+
+
+def summary_table(rows: Sequence[BatchRow], title: str = "") -> Table:
+    """A rich table of a batch: budget, best accuracy and latency, and the preset's for preset budgets."""
+    table = Table(title=title or None)
+    for column in ("search", "strategy", "budget", "status", "trials", "best top-1", "best latency", "preset top-1", "preset latency", "architecture"):
+        table.add_column(column, justify="right" if column in ("trials", "best top-1", "preset top-1") else "left")
+
+    def latency(values: dict[str, float]) -> str:
+        return ", ".join(f"{v:.4g} ms" for v in values.values()) or "-"
+
+    for r in rows:
+        table.add_row(
+            r.name,
+            r.strategy,
+            r.budget,
+            r.status,
+            f"{r.evaluated} (+{r.added})",
+            f"{100 * r.best_accuracy:.2f}%" if r.best_accuracy is not None else "-",
+            latency(r.best_latency_ms),
+            f"{100 * r.preset_accuracy:.2f}%" if r.preset_accuracy is not None else "-",
+            latency(r.preset_latency_ms),
+            r.best_label or "-",
+        )
+    return table

@@ -1,0 +1,171 @@
+"""Real measurements at small size: a tiny-space build, its resume, a check, measure_model."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from latency_lut import (
+    BuildConfig,
+    CheckConfig,
+    Timing,
+    build_lut,
+    calibration_specs,
+    check_lut,
+    load_lut,
+    measure_model,
+    plot_check,
+    predict_ms,
+    space_keys,
+)
+from latency_lut._backends import get_backend
+from supernet import ArchSpec, EfnasError, build_model, load_space
+
+TINY = load_space("tiny")
+# Few runs: these tests prove the machinery, the benchmark proves the accuracy.
+FAST = BuildConfig(
+    rounds=3, warmup=1, retries=0, calibration_samples=3, calibration_rounds=2, calibration_runs=1, min_group_seconds=0.0
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_table(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lut") / "tiny.json"
+    result = build_lut(TINY, path, FAST, space_arg="tiny")
+    assert result.complete and result.measured == len(space_keys(TINY))
+    return path
+
+
+@pytest.mark.slow
+def test_build_measures_every_unit_and_calibrates(tiny_table):
+    lut = load_lut(tiny_table)
+    assert set(lut.entries) == space_keys(TINY)
+    assert all(entry.runs == FAST.rounds and 0 < entry.p10_ms <= entry.median_ms <= entry.p90_ms for entry in lut.entries.values())
+    meta = lut.meta
+    assert meta["source"] == "measured" and meta["backend"] == "onnxruntime" and meta["threads"] == 1
+    assert meta["space"] == {"name": "tiny", "source": "tiny", "fingerprint": TINY.fingerprint(), "num_classes": TINY.num_classes}
+    assert meta["statistic"] == "p10" and meta["measurement"]["clock"] == "thread-cpu"
+    assert meta["call_overhead_ms"] > 0 and meta["build_seconds"] > 0
+    measurement = meta["measurement"]
+    assert measurement["context"] in ("cold", "warm") and "pending_warm" not in meta
+    fits = measurement["context_error_percent"]
+    assert fits[measurement["context"]] == min(fits.values())
+    assert {"machine", "versions", "date", "command"} <= set(meta["provenance"])
+    calibration = lut.calibration
+    assert [model.name for model in calibration.models] == [name for name, _ in calibration_specs(TINY, 3, 0)]
+    assert ArchSpec.from_dict(calibration.models[0].arch) == TINY.smallest()
+    assert calibration.form == "shared"  # 4 networks are too few for one scale per category
+    for name in TINY.preset_names:
+        spec = TINY.preset(name)
+        assert predict_ms(spec, lut) > 0 and lut.predict_ms(spec, calibrated=False) > 0
+    # a table that is complete measures nothing more
+    again = build_lut(TINY, tiny_table, FAST)
+    assert again.measured == 0 and again.complete and load_lut(tiny_table).entries == lut.entries
+
+
+@pytest.mark.slow
+def test_killed_build_resumes_where_it_stopped(tmp_path):
+    out = tmp_path / "tiny.json"
+    command = [sys.executable, "-m", "nas.cli", "lut", "build", "--space", "tiny", "--out", str(out), "--rounds", "3",
+               "--calibration-samples", "3", "--min-group-seconds", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not out.exists() and process.poll() is None:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    partial = load_lut(out)  # written atomically: a complete file even though the process was killed
+    assert 0 < len(partial.entries) < len(space_keys(TINY))
+    assert partial.calibration is None
+    result = build_lut(TINY, out, FAST)
+    assert result.measured == len(space_keys(TINY)) - len(partial.entries)
+    done = load_lut(out)
+    assert set(done.entries) == space_keys(TINY) and done.calibration is not None
+    # what the killed run measured is kept, in whichever context the calibration chose
+    context = done.meta["measurement"]["context"]
+    kept = partial.entries if context == "cold" else {k: Timing(**v) for k, v in partial.meta["pending_warm"].items()}
+    assert set(kept) == set(partial.entries) and all(done.entries[key] == timing for key, timing in kept.items())
+
+
+@pytest.mark.slow
+def test_missing_head_is_filled_by_the_command_in_the_error(tiny_table, tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(tiny_table.read_text())
+    lut = load_lut(path)
+    spec = TINY.with_num_classes(10).preset("L3")
+    with pytest.raises(EfnasError) as info:
+        predict_ms(spec, lut)
+    command = str(info.value).split("measure them with: ")[1]
+    assert command == f"efnas lut build --space tiny --num-classes 10 --backend onnxruntime --threads 1 --out {path}"
+    from nas.cli import main
+
+    assert main(command.split()[1:] + ["--rounds", "3", "--min-group-seconds", "0"]) == 0
+    filled = load_lut(path)
+    assert set(filled.entries) - set(lut.entries) == {key for key in space_keys(TINY.with_num_classes(10)) if key.startswith("head:")} - set(lut.entries)
+    assert filled.meta["calibration"] == lut.meta["calibration"]
+    assert predict_ms(spec, filled) > 0
+
+
+@pytest.mark.slow
+def test_check_measures_held_out_networks_and_resumes(tiny_table, tmp_path):
+    lut = load_lut(tiny_table)
+    out = tmp_path / "check.json"
+    config = CheckConfig(samples=8, rounds=2, runs=1, group_size=6, max_minutes=1e-6, min_group_seconds=0.0)
+    first = check_lut(lut, TINY, config, out=out)
+    assert not first.complete and len(first.rows) == 6  # one group per run, then it stops
+    report = check_lut(lut, TINY, config, out=out)
+    assert report.complete and [row["name"] for row in report.rows[:3]] == list(TINY.preset_names)
+    assert len(report.rows) == 3 + 8
+    assert [row["measured"] for row in report.rows[:6]] == [row["measured"] for row in first.rows]
+    calibration = {ArchSpec.from_dict(model.arch) for model in lut.calibration.models}
+    assert not calibration & {ArchSpec.from_dict(row["arch"]) for row in report.rows}
+    stats = report.stats()
+    assert stats.n == 11 and 0 <= stats.within_5 <= stats.within_10 <= 100 and stats.mape >= 0
+    png = plot_check(report, tmp_path / "check.png", "tiny")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_measure_model_reports_spread():
+    spec = TINY.preset("L1")
+    timing = measure_model(spec, rounds=3, runs=2)
+    assert timing.runs == 6 and 0 < timing.p10_ms <= timing.median_ms <= timing.p90_ms
+    # a model of microseconds gets more rounds while under min_seconds, at most 20x the rounds
+    assert measure_model(spec, rounds=3, runs=2, min_seconds=0.3).runs == 20 * 6
+    model = build_model(spec)
+    del model.spec
+    with pytest.raises(ValueError, match="needs input_shape"):
+        measure_model(model)
+    threads = torch.get_num_threads()
+    timing = measure_model(model, "torch", threads=2, input_shape=(1, 3, 32, 32), rounds=2, runs=1)
+    assert timing.runs == 2 and torch.get_num_threads() == threads  # the caller's setting is restored
+
+
+@pytest.mark.slow
+def test_torch_backend_builds_a_table(tmp_path):
+    config = BuildConfig(
+        backend="torch", rounds=2, warmup=1, retries=0, calibration_samples=2, calibration_rounds=1, calibration_runs=1,
+        min_group_seconds=0.0,
+    )
+    result = build_lut(TINY, tmp_path / "torch.json", config)
+    lut = result.table
+    assert lut.meta["backend"] == "torch" and set(lut.entries) == space_keys(TINY)
+    assert predict_ms(TINY.preset("L7"), lut) > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without a GPU")
+def test_cuda_backend_without_gpu_is_a_clear_error():
+    with pytest.raises(EfnasError, match="backend torch-cuda needs a CUDA GPU"):
+        get_backend("torch-cuda")
+
+
+def test_resuming_with_other_settings_is_refused(tiny_table):
+    with pytest.raises(EfnasError, match="was measured with onnxruntime at 1 thread"):
+        build_lut(TINY, tiny_table, BuildConfig(threads=2))
+    with pytest.raises(EfnasError, match="was made for space 'tiny'"):
+        build_lut(load_space("efficientformer-v1"), tiny_table, FAST)
