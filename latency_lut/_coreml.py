@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import platform
+import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -131,6 +132,14 @@ def write_bundle(
         jobs.append((f"model:{name}", shape, (1, spec.num_classes), {"name": f"model:{name}", "arch": spec.to_dict()}))
     (out / "units").mkdir(parents=True, exist_ok=True)
     (out / "models").mkdir(parents=True, exist_ok=True)
+    # A unit's package name says what it is; a calibration network's (cal00, ...) does not, so a
+    # package left by an earlier bundle with another --seed or space is only kept if it is the same network.
+    earlier: dict[str, Any] = {}
+    if (out / MANIFEST).exists():
+        try:
+            earlier = {m["name"]: m.get("arch") for m in json.loads((out / MANIFEST).read_text()).get("models", [])}
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            earlier = {}
     started = time.monotonic()
     with _quiet_coremltools() as ct, progress_bar() as progress:
         task = progress.add_task("converting to Core ML", total=len(jobs))
@@ -138,6 +147,8 @@ def write_bundle(
             folder = "models" if name.startswith("model:") else "units"
             relative = f"{folder}/{_package_name(name)}"
             path = out / relative
+            if folder == "models" and earlier.get(name) != record["arch"]:
+                shutil.rmtree(path, ignore_errors=True)
             if not (path / "Manifest.json").exists():
                 torch.manual_seed(seed)
                 if name.startswith("model:"):

@@ -102,8 +102,14 @@ class LatencyTable:
         return list(seen)
 
     def fill_command(self, spec: ArchSpec | None = None, space_arg: str | None = None) -> str:
-        """The ``efnas lut build`` command that measures this table's missing keys (it resumes)."""
+        """The command that measures this table's missing keys: ``efnas lut build`` (it resumes),
+        or for a table imported from Core ML timings, a bundle of the missing keys to time again."""
         space = self.meta["space"]
+        if self.meta.get("source") == "imported":
+            args = ["efnas", "lut", "coreml-bundle", "--space", space_arg or space.get("source") or space["name"]]
+            if spec is not None and spec.num_classes != space.get("num_classes"):
+                args += ["--num-classes", str(spec.num_classes)]
+            return shlex.join([*args, "--out", "BUNDLE"]) + ", time it on the device, then efnas lut import it again"
         args = ["efnas", "lut", "build", "--space", space_arg or space.get("source") or space["name"]]
         if spec is not None and spec.num_classes != space.get("num_classes"):
             args += ["--num-classes", str(spec.num_classes)]

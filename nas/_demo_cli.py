@@ -34,10 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--out", default=defaults.out, help="folder for every artefact (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=None, help="supernet training epochs (default: efnas train's)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="supernet training epochs of 15,000 images each (default: %(default)s)")
     parser.add_argument("--steps-per-epoch", type=int, default=None, help="cap on the steps of each training epoch, for a quick look")
     parser.add_argument("--budget", default=defaults.budget, help="latency budget: a preset of the space (its predicted latency) or milliseconds (default: %(default)s)")
-    parser.add_argument("--trials", type=int, default=defaults.trials, help="architectures each search evaluates (default: %(default)s)")
+    parser.add_argument("--trials", type=int, default=defaults.trials, help="architectures the TPE search evaluates; the slimming runs until it is done (default: %(default)s)")
     parser.add_argument("--val-subset", type=int, default=defaults.val_subset, help="validation images that score an architecture during the searches (default: %(default)s)")
     parser.add_argument("--measure", action="store_true", help="measure a latency table on this machine (a few minutes) instead of using the shipped one")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of training, search and export (default: %(default)s)")

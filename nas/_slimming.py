@@ -1,7 +1,14 @@
-"""Latency-driven slimming, after EfficientFormer: shrink the largest network one action at a time,
-always taking the action that loses the least accuracy per millisecond saved, until it is under
-budget; then spend what budget remains by growing back, always taking the action that gains the
-most accuracy per millisecond spent.
+"""Latency-driven slimming, after EfficientFormer: shrink the largest network step by step, always
+taking the action that loses the least accuracy per millisecond saved, until it is under budget;
+then spend what budget remains by growing back, always taking the action that gains the most
+accuracy per millisecond spent.
+
+Far above the budget, one action per step would cost a whole round of candidate evaluations for a
+small saving (reaching the tiny space's L1 budget from its largest network took 13 rounds, ~160
+evaluations). So a slimming step also applies the next-best actions of *other* stages, from the
+better half of the ranking, as long as their summed saving stays within the remaining excess: the
+combination is evaluated once more and taken. Close to the budget this falls back to single
+actions, so the step that crosses the budget is as fine-grained as in the paper.
 
 The algorithm only sees architectures, latencies and a ``scores`` callback that returns the
 accuracy of a batch of candidates (the search turns each evaluated candidate into a trial and
@@ -29,6 +36,7 @@ class Action:
 
     description: str
     spec: ArchSpec
+    stage: int  # the stage it edits (the Meta3D count belongs to the last stage)
 
 
 @dataclass(frozen=True)
@@ -93,16 +101,16 @@ def slim_actions(space: SearchSpace, spec: ArchSpec) -> list[Action]:
         candidate = _with(space, spec, stage=s, depth=depth - 1, meta3d=meta3d)
         if candidate is not None:
             kind = " (Meta3D)" if s == last and spec.num_meta3d == depth else ""
-            actions.append(Action(f"drop a block{kind} of stage {s + 1} ({depth} -> {depth - 1})", candidate))
+            actions.append(Action(f"drop a block{kind} of stage {s + 1} ({depth} -> {depth - 1})", candidate, s))
         width = _neighbour(stage.widths, spec.widths[s], -1)
         if width is not None and (candidate := _with(space, spec, stage=s, width=width)) is not None:
-            actions.append(Action(f"narrow stage {s + 1} to {width}", candidate))
+            actions.append(Action(f"narrow stage {s + 1} to {width}", candidate, s))
         ratio = _neighbour(stage.mlp_ratios, spec.mlp_ratios[s], -1)
         if ratio is not None and (candidate := _with(space, spec, stage=s, ratio=ratio)) is not None:
-            actions.append(Action(f"lower the MLP ratio of stage {s + 1} to {ratio}", candidate))
+            actions.append(Action(f"lower the MLP ratio of stage {s + 1} to {ratio}", candidate, s))
     candidate = _with(space, spec, stage=last, meta3d=spec.num_meta3d - 1)
     if candidate is not None:
-        actions.append(Action(f"turn a Meta3D block into Meta4D ({spec.num_meta3d} -> {spec.num_meta3d - 1} Meta3D)", candidate))
+        actions.append(Action(f"turn a Meta3D block into Meta4D ({spec.num_meta3d} -> {spec.num_meta3d - 1} Meta3D)", candidate, last))
     return actions
 
 
@@ -115,19 +123,36 @@ def grow_actions(space: SearchSpace, spec: ArchSpec) -> list[Action]:
         candidate = _with(space, spec, stage=s, depth=depth + 1)
         if candidate is not None:
             kind = " (Meta4D)" if s == last else ""
-            actions.append(Action(f"add a block{kind} to stage {s + 1} ({depth} -> {depth + 1})", candidate))
+            actions.append(Action(f"add a block{kind} to stage {s + 1} ({depth} -> {depth + 1})", candidate, s))
         if s == last and (candidate := _with(space, spec, stage=s, depth=depth + 1, meta3d=spec.num_meta3d + 1)) is not None:
-            actions.append(Action(f"add a block (Meta3D) to stage {s + 1} ({depth} -> {depth + 1})", candidate))
+            actions.append(Action(f"add a block (Meta3D) to stage {s + 1} ({depth} -> {depth + 1})", candidate, s))
         width = _neighbour(stage.widths, spec.widths[s], +1)
         if width is not None and (candidate := _with(space, spec, stage=s, width=width)) is not None:
-            actions.append(Action(f"widen stage {s + 1} to {width}", candidate))
+            actions.append(Action(f"widen stage {s + 1} to {width}", candidate, s))
         ratio = _neighbour(stage.mlp_ratios, spec.mlp_ratios[s], +1)
         if ratio is not None and (candidate := _with(space, spec, stage=s, ratio=ratio)) is not None:
-            actions.append(Action(f"raise the MLP ratio of stage {s + 1} to {ratio}", candidate))
+            actions.append(Action(f"raise the MLP ratio of stage {s + 1} to {ratio}", candidate, s))
     candidate = _with(space, spec, stage=last, meta3d=spec.num_meta3d + 1)
     if candidate is not None:
-        actions.append(Action(f"turn a Meta4D block into Meta3D ({spec.num_meta3d} -> {spec.num_meta3d + 1} Meta3D)", candidate))
+        actions.append(Action(f"turn a Meta4D block into Meta3D ({spec.num_meta3d} -> {spec.num_meta3d + 1} Meta3D)", candidate, last))
     return actions
+
+
+def combine(space: SearchSpace, base: ArchSpec, actions: Sequence[Action]) -> ArchSpec | None:
+    """``base`` with the edits of ``actions`` (one per stage) applied together, or None if that
+    leaves the space."""
+    widths, depths, ratios = list(base.widths), list(base.depths), list(base.mlp_ratios)
+    meta3d = base.num_meta3d
+    last = space.num_stages - 1
+    for action in actions:
+        s = action.stage
+        widths[s], depths[s], ratios[s] = action.spec.widths[s], action.spec.depths[s], action.spec.mlp_ratios[s]
+        if s == last:
+            meta3d = action.spec.num_meta3d
+    try:
+        return space.spec(widths, depths, meta3d, ratios)
+    except EfnasError:
+        return None
 
 
 Scores = Callable[[Sequence[tuple[ArchSpec, dict[str, Any]]]], dict[ArchSpec, float]]
@@ -176,9 +201,26 @@ def slimming(
             saved = relative(costs, after, names)
             return ((accuracy - got[action.spec]) / saved, -saved, index)
 
-        _, (action, after) = min(enumerate(actions), key=slim_rank)
-        current, costs, accuracy = action.spec, after, got[action.spec]
-        path.append(SlimmingStep("slim", step, action.description, current, accuracy, costs, len(actions)))
+        ranked = [item[1] for item in sorted(enumerate(actions), key=slim_rank)]
+        chosen = [ranked[0]]
+        excess = sum((costs[n] - limits[n]) / limits[n] for n in names)
+        saved = relative(costs, ranked[0][1], names)
+        for action, after in ranked[1 : len(ranked) // 2]:
+            more = relative(costs, after, names)
+            if action.stage not in {a.stage for a, _ in chosen} and saved + more <= excess:
+                chosen.append((action, after))
+                saved += more
+        combined = combine(space, current, [a for a, _ in chosen]) if len(chosen) > 1 else None
+        if combined is not None:
+            description = " + ".join(a.description for a, _ in chosen)
+            costs = latency(combined)
+            accuracy = scores([(combined, {"phase": "slim", "step": step, "action": description})])[combined]
+            current = combined
+        else:
+            action, after = chosen[0]
+            description = action.description
+            current, costs, accuracy = action.spec, after, got[action.spec]
+        path.append(SlimmingStep("slim", step, description, current, accuracy, costs, len(actions) + (combined is not None)))
         on_step(path[-1])
 
     if violated(costs):

@@ -36,10 +36,12 @@ class DemoConfig:
     out: str = "runs/demo"  # everything goes under this folder
     space: str = "tiny"
     data: str = "digits-mosaic"
-    epochs: int | None = None  # supernet training epochs; None: `efnas train`'s default
+    # 8 epochs of 15,000 fresh mosaics: ~3.5 min on two cores. This is "the demo's training
+    # budget" that docs/benchmarks/task_separability.md gives every stand-alone subnet too.
+    epochs: int = 8
     steps_per_epoch: int | None = None  # cap on the steps of each epoch (quick trials)
     budget: str = "L1"  # a preset of the space (its predicted latency) or a number of milliseconds
-    trials: int = 40  # architectures evaluated by each search
+    trials: int = 40  # architectures evaluated by the TPE search (the slimming runs to its end)
     val_subset: int | None = 2000  # validation images that score an architecture during the search
     measure: bool = False  # measure a latency table here instead of using the shipped one
     seed: int = 0
@@ -90,12 +92,10 @@ def run_demo(config: DemoConfig, *, show_progress: bool = True) -> DemoResult:
         out=str(run_dir),
         seed=config.seed,
         threads=config.threads,
-        **({"epochs": config.epochs} if config.epochs is not None else {}),
+        epochs=config.epochs,
         **({"steps_per_epoch": config.steps_per_epoch} if config.steps_per_epoch is not None else {}),
     )
-    command = ["efnas", "train", "--space", config.space, "--data", config.data, "--out", str(run_dir), *threads]
-    if config.epochs is not None:
-        command += ["--epochs", str(config.epochs)]
+    command = ["efnas", "train", "--space", config.space, "--data", config.data, "--epochs", str(config.epochs), "--out", str(run_dir), *threads]
     if config.steps_per_epoch is not None:
         command += ["--steps-per-epoch", str(config.steps_per_epoch)]
     _step("1/4 train the supernet once", command, commands)
@@ -133,11 +133,13 @@ def run_demo(config: DemoConfig, *, show_progress: bool = True) -> DemoResult:
     evaluator = None
     for strategy in ("tpe", "slimming"):
         search_out = out / f"search-{strategy}"
+        # Slimming runs to its end: stopped early it is still above the budget with nothing to show.
+        trials = config.trials if strategy == "tpe" else None
         search = SearchConfig(
             supernet=str(checkpoint),
             budgets=(config.budget_request(str(lut_path)),),
             strategy=strategy,
-            trials=config.trials,
+            trials=trials,
             seed=config.seed,
             out=str(search_out),
             val_subset=config.val_subset,
@@ -146,7 +148,7 @@ def run_demo(config: DemoConfig, *, show_progress: bool = True) -> DemoResult:
         )
         budget_flag = ["--budget-ms", config.budget] if search.budgets[0].ms is not None else ["--budget", config.budget]
         command = ["efnas", "search", "--supernet", str(checkpoint), "--lut", str(lut_path), *budget_flag,
-                   "--strategy", strategy, "--trials", str(config.trials), "--out", str(search_out), *threads]
+                   "--strategy", strategy, *(["--trials", str(trials)] if trials else []), "--out", str(search_out), *threads]
         if config.val_subset is not None:
             command += ["--val-subset", str(config.val_subset)]
         _step(f"3/4 search under the budget: {strategy}", command, commands)
@@ -177,7 +179,7 @@ def run_demo(config: DemoConfig, *, show_progress: bool = True) -> DemoResult:
 
 
 def _given(config: DemoConfig) -> set[str]:
-    return {name for name in ("epochs", "steps_per_epoch") if getattr(config, name) is not None}
+    return {"epochs"} | ({"steps_per_epoch"} if config.steps_per_epoch is not None else set())
 
 
 def _percent(value: float | None) -> str:

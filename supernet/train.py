@@ -309,7 +309,8 @@ def train(
         step = int(stored["step"])
         metrics = dict(stored.get("metrics", {}))
         if stored["total_steps"] != total_steps:
-            raise EfnasError(f"checkpoint expects {stored['total_steps']} steps but this data gives {total_steps}: was the dataset changed?")
+            raise EfnasError(f"checkpoint expects {stored['total_steps']} steps but this run gives {total_steps}: resume with the same "
+                "data, --epochs, --steps-per-epoch, --batch-size and number of processes")
 
     loss_module = SandwichLoss(supernet, config.label_smoothing, config.kd_temperature)
     model: nn.Module = loss_module

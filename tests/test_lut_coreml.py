@@ -152,3 +152,16 @@ def test_measuring_needs_macos(tmp_path):
     with pytest.raises(EfnasError) as info:
         measure_coreml(tmp_path, tmp_path / "results.csv")
     assert str(info.value).startswith("Core ML prediction needs macOS") and "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_a_bundle_redone_with_another_seed_replaces_its_calibration_networks(tmp_path, space):
+    first = write_bundle(space, tmp_path, keys=[], calibration_samples=1, seed=0)
+    written = {m["name"]: (tmp_path / m["package"] / "Manifest.json").stat().st_mtime_ns for m in first["models"]}
+    second = write_bundle(space, tmp_path, keys=[], calibration_samples=1, seed=5)
+    old = {m["name"]: m["arch"] for m in first["models"]}
+    changed = {m["name"] for m in second["models"] if m["arch"] != old.get(m["name"])}
+    assert changed, "seed 5 should pick other calibration networks"
+    for record in second["models"]:
+        rewritten = (tmp_path / record["package"] / "Manifest.json").stat().st_mtime_ns != written[record["name"]]
+        assert rewritten == (record["name"] in changed), record["name"]

@@ -16,6 +16,7 @@ import torch
 from nas.cli import main
 from supernet import build_model, load_space
 from supernet.checkpoint import load_checkpoint, load_supernet
+from supernet.data import load_data
 from supernet.train import params_digest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,14 +31,19 @@ def _records(run: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_short_run_learns_the_embedded_task(tmp_path):
+    # Two epochs of the largest and smallest subnets only (no random middle ones): ~50 s here.
     run = tmp_path / "run"
-    assert main(["train", *QUICK, "--batch-size", "64", "--epochs", "3", "--steps-per-epoch", "40", "--lr", "3e-3", "--out", str(run)]) == 0
+    assert main(["train", *QUICK, "--batch-size", "64", "--epochs", "2", "--num-random", "0", "--lr", "3e-3", "--out", str(run)]) == 0
     losses = [r["loss_largest"] for r in _records(run) if "loss_largest" in r]
     assert losses[-1] < losses[0] - 0.3, losses
     supernet, info = load_supernet(run)
-    assert info.finished and info.step == 120
-    chance = 1 / info.space.num_classes
-    assert info.metrics["val_top1_largest"] > 4 * chance, info.metrics
+    assert info.finished and info.step == 2 * (15_000 // 64)
+    # Sums of four digits are far from uniform: always answering the commonest sum scores ~6%.
+    data = load_data("digits-mosaic", info.space.resolution)
+    labels = torch.cat([y for _, y in data.val_batches(1000)])
+    majority = torch.bincount(labels).max().item() / len(labels)
+    assert info.metrics["val_top1_largest"] > 2 * majority, (info.metrics, majority)
+    assert info.metrics["val_top1_largest"] > info.metrics["val_top1_smallest"], info.metrics
     assert (run / "config.json").exists()
 
 
