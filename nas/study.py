@@ -188,7 +188,7 @@ def _open_storage(url: str) -> optuna.storages.RDBStorage:
                     url, engine_kwargs=engine_kwargs, heartbeat_interval=_HEARTBEAT_S, grace_period=_GRACE_S
                 )
         except ImportError:
-            raise EfnasError(f"storage {url} needs a database driver that is not installed (for PostgreSQL: pip install 'efficientformer-nas[postgres]')") from None
+            raise EfnasError(f"storage {url} needs a database driver that is not installed (for PostgreSQL: pip install psycopg2-binary, or this project's [postgres] extra)") from None
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean "cannot open"
             # Workers that start together on a new database race to create its tables; the loser
             # finds them made on its next attempt.
