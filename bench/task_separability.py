@@ -59,7 +59,7 @@ GOAL_RATIO = 3.0
 class Recipe:
     """How every subnet is trained: the same for all, so that accuracy differences are the architecture's."""
 
-    images: int = 150_000  # training images each subnet sees (whole epochs of fresh mosaics, then a part)
+    images: int = 120_000  # training images per subnet: the demo's budget (8 epochs of 15,000 mosaics)
     batch_size: int = 64
     lr: float = 2e-3  # AdamW peak learning rate
     weight_decay: float = 0.05  # on weight matrices and conv kernels only (not norms, biases, scales)

@@ -392,6 +392,7 @@ def train(
     with progress:
         task = progress.add_task("train", total=total_steps, completed=step, loss=float("nan"), lr=0.0, ips=0.0)
         window_start, window_steps, window_loss, window_sandwich = time.perf_counter(), 0, 0.0, 0.0
+        window_paused = 0.0  # seconds of validation and checkpointing inside the window: not training throughput
         for epoch in range(step // steps_per_epoch, config.epochs):
             start_batch = step - epoch * steps_per_epoch
             batches = islice(
@@ -415,7 +416,7 @@ def train(
                 window_loss += float(loss_largest)
                 window_sandwich += float(loss.detach())
                 if step % 10 == 0 or step == total_steps:
-                    elapsed = time.perf_counter() - window_start
+                    elapsed = time.perf_counter() - window_start - window_paused
                     ips = window_steps * images_per_step / max(elapsed, 1e-9)
                     mean_loss = window_loss / window_steps
                     progress.update(task, completed=step, loss=mean_loss, lr=lr, ips=ips)
@@ -431,14 +432,17 @@ def train(
                         _append_metrics(metrics_path, record)
                     metrics.update({"images_per_s": ips, "loss_largest": mean_loss})
                     window_start, window_steps, window_loss, window_sandwich = time.perf_counter(), 0, 0.0, 0.0
+                    window_paused = 0.0
                 if step % eval_every == 0 or step == total_steps:
+                    paused = time.perf_counter()
                     supernet.eval()
                     validate()
                     supernet.train()
-                    window_start = time.perf_counter()  # validation time is not training throughput
+                    window_paused += time.perf_counter() - paused
                 if step % config.checkpoint_every == 0 and step != total_steps:
+                    paused = time.perf_counter()
                     save(finished=False)
-                    window_start = time.perf_counter()
+                    window_paused += time.perf_counter() - paused
     if total_steps == 0:
         validate()
     digest = params_digest(supernet)
