@@ -42,7 +42,7 @@ from supernet import ArchSpec  # noqa: E402
 from supernet.checkpoint import load_supernet  # noqa: E402
 from supernet.data import load_data  # noqa: E402
 from supernet.evaluate import evaluate_spec  # noqa: E402
-from supernet.io import atomic_write_json, atomic_write_text, console, provenance  # noqa: E402
+from supernet.io import atomic_write_json, atomic_write_text, console, provenance, provenance_markdown  # noqa: E402
 from supernet.train import TrainConfig, train  # noqa: E402
 
 GOAL_TAU = 0.7
@@ -205,14 +205,7 @@ def _report(result: dict[str, Any]) -> str:
         f"- Stand-alone top-1: `{result['standalone']['file']}` (`bench/task_separability.py`): each subnet trained from "
         f"scratch on {recipe['images']:,} images, seeds {result['standalone']['seeds']}.",
         "",
-        "## Machine",
-        "",
-        f"{prov['machine']['cpu']} ({prov['machine']['cores']} cores), {prov['machine']['platform']}; "
-        + ", ".join(f"{k} {v}" for k, v in prov["versions"].items())
-        + f"; {prov['date']}.",
-        "",
-        f"Command: `{prov['command']}`",
-        "",
+        *provenance_markdown(prov),
     ]
     return "\n".join(lines)
 

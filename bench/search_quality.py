@@ -346,7 +346,7 @@ def markdown(report: dict[str, Any]) -> str:
         "# Benchmark: search quality",
         "",
         "**Goal** (issue 7, benchmark 3; issue 5): on the tiny space at equal trials, TPE, NSGA-II and slimming against random "
-        f"search over >= 3 seeds (best feasible accuracy and hypervolume); and L1/L3/L7 regeneration: the architecture found "
+        "search over >= 3 seeds (best feasible accuracy and hypervolume); and L1/L3/L7 regeneration: the architecture found "
         "under each preset's own predicted latency against the preset (same supernet, same latency table).",
         "",
         f"## Strategies vs random: {s['trials']} evaluated architectures per search, budget {c['budget']} "

@@ -50,7 +50,7 @@ from scipy import stats  # noqa: E402
 
 from supernet import ArchSpec, build_model, count_macs, count_params, load_space  # noqa: E402
 from supernet.data import TaskData, load_data  # noqa: E402
-from supernet.io import atomic_write_json, atomic_write_text, console, provenance  # noqa: E402
+from supernet.io import atomic_write_json, atomic_write_text, console, provenance, provenance_markdown  # noqa: E402
 
 GOAL_RATIO = 3.0
 
@@ -301,14 +301,7 @@ def write_report(result: dict[str, Any], out: Path) -> None:
         f"- Space `{result['space']['name']}` (fingerprint {result['space']['fingerprint']}); the exact spec of every "
         "subnet is in the JSON file next to this report.",
         "",
-        "## Machine",
-        "",
-        f"{prov['machine']['cpu']} ({prov['machine']['cores']} cores), {prov['machine']['platform']}; "
-        + ", ".join(f"{k} {v}" for k, v in prov["versions"].items())
-        + f"; {prov['date']}.",
-        "",
-        f"Command: `{prov['command']}`",
-        "",
+        *provenance_markdown(prov),
     ]
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines))
 

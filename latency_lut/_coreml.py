@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from supernet.errors import EfnasError
+from supernet.errors import EfnasError, read_user_file
 from supernet.io import atomic_write_json, atomic_write_text, console, provenance
 from supernet.model import build_model
 from supernet.space import ArchSpec, SearchSpace
@@ -227,12 +227,7 @@ def measure_coreml(
 
 
 def _read_results(path: Path, compute_units: str | None) -> dict[str, Timing]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise EfnasError(f"results file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EfnasError(f"cannot read results file {path}: {exc}") from None
+    text = read_user_file(path, "results file")
     lines = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))  # spreadsheets often add a byte-order mark
     columns = [name.strip() for name in lines[0]] if lines else []
     missing = [name for name in ("name", "median_ms") if name not in columns]

@@ -14,7 +14,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from supernet.errors import EfnasError
+from supernet.errors import EfnasError, read_user_file
 from supernet.io import atomic_write_text
 from supernet.space import ArchSpec, SearchSpace
 
@@ -288,12 +288,7 @@ def table_from_dict(data: Any, where: str = "latency table") -> LatencyTable:
 def load_lut(path: str | Path) -> LatencyTable:
     """Read and validate a latency table file."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise EfnasError(f"latency table {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EfnasError(f"cannot read latency table {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    text = read_user_file(path, "latency table")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -126,7 +126,7 @@ def _run_build(args: argparse.Namespace) -> int:
         f"{result.remeasured} noisy one(s) in {result.seconds:.0f} s (all runs so far: {table.meta['build_seconds']:.0f} s)"
     )
     if not result.complete:
-        console.print(f"[yellow]stopped after --max-minutes; run the same command again to continue[/]")
+        console.print("[yellow]stopped after --max-minutes; run the same command again to continue[/]")
         return 3
     _print_calibration(table)
     console.print(f"check it with: efnas lut check --lut {args.out}")

@@ -21,7 +21,7 @@ __all__ = ["print_result", "register_batch", "register_search"]
 _D = SearchConfig()
 _E = EvalConfig()
 
-SEARCH_DESCRIPTION = f"""\
+SEARCH_DESCRIPTION = """\
 Search a trained supernet for the most accurate architecture under one or more latency budgets.
 Every architecture tried is a trial of one Optuna study: its score is the top-1 on the validation
 split with weights inherited from the supernet (after BatchNorm recalibration on a few training

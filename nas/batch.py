@@ -38,7 +38,7 @@ from rich.table import Table
 from nas.budget import budget_requests
 from nas.evaluator import Evaluator
 from nas.study import STRATEGIES, SearchConfig, SearchResult, load_evaluator, run_search
-from supernet.errors import EfnasError
+from supernet.errors import EfnasError, read_user_file
 from supernet.io import atomic_write_json, atomic_write_text, console, provenance
 
 __all__ = ["Batch", "BatchEntry", "BatchRow", "load_batch", "run_batch", "summary_table"]
@@ -150,12 +150,7 @@ def load_batch(path: str | Path) -> Batch:
     """Read and validate a batch file; every problem is a one-line :class:`EfnasError` naming the
     table and the key."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise EfnasError(f"batch file {path} does not exist") from None
-    except OSError as exc:
-        raise EfnasError(f"cannot read batch file {path}: {exc.strerror}") from None
+    text = read_user_file(path, "batch file")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -7,7 +7,9 @@ traceback; every other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["EfnasError"]
+from pathlib import Path
+
+__all__ = ["EfnasError", "read_user_file"]
 
 
 class EfnasError(Exception):
@@ -15,3 +17,14 @@ class EfnasError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(message.split()))
+
+
+def read_user_file(path: Path, what: str) -> str:
+    """The text of a file the user named, or a one-line :class:`EfnasError` saying why it cannot be
+    read (``what`` names the kind of file, e.g. "batch file")."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise EfnasError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EfnasError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from None

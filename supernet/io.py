@@ -30,6 +30,7 @@ __all__ = [
     "console",
     "cpu_model",
     "provenance",
+    "provenance_markdown",
     "tool_version",
 ]
 
@@ -108,3 +109,17 @@ def provenance(extra_libraries: tuple[str, ...] = ()) -> dict[str, Any]:
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
+
+
+def provenance_markdown(prov: dict[str, Any]) -> list[str]:
+    """The "Machine" section of a benchmark report, as markdown lines, from :func:`provenance`'s record."""
+    machine = prov["machine"]
+    versions = ", ".join(f"{name} {version}" for name, version in prov["versions"].items())
+    return [
+        "## Machine",
+        "",
+        f"{machine['cpu']} ({machine['cores']} cores), {machine['platform']}; {versions}; {prov['date']}.",
+        "",
+        f"Command: `{prov['command']}`",
+        "",
+    ]

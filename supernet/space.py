@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from supernet.errors import EfnasError
+from supernet.errors import EfnasError, read_user_file
 
 __all__ = [
     "ArchSpec",
@@ -187,12 +187,7 @@ def load_arch(path: str | Path) -> ArchSpec:
     """Read an architecture from a JSON file: a bare spec, or an object with an ``arch`` field
     (as in a search's ``best.json`` or an export's ``arch.json``)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise EfnasError(f"architecture file {path} does not exist") from None
-    except OSError as exc:
-        raise EfnasError(f"cannot read architecture file {path}: {exc.strerror}") from None
+    text = read_user_file(path, "architecture file")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -579,12 +574,7 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
             f"unknown space '{text_name}': built-in spaces are {', '.join(builtin_space_names())}, "
             "or give the path of a .toml or .json space file"
         )
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise EfnasError(f"space file {path} does not exist") from None
-    except OSError as exc:
-        raise EfnasError(f"cannot read space file {path}: {exc.strerror}") from None
+    text = read_user_file(path, "space file")
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:

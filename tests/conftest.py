@@ -33,3 +33,18 @@ def trained_tiny_supernet(tmp_path_factory):
     run = tmp_path_factory.mktemp("trained-tiny")
     config = TrainConfig(out=str(run), space="tiny", epochs=2, steps_per_epoch=25, batch_size=64, lr=3e-3, threads=1)
     return train(config, show_progress=False).checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_lut(tmp_path_factory, tiny_space):
+    """The shipped tiny onnxruntime table, or one measured here with few runs (~5 s)."""
+    from latency_lut import BuildConfig, build_lut, shipped_lut
+
+    shipped = shipped_lut(tiny_space)
+    if shipped is not None:
+        return shipped
+    path = tmp_path_factory.getbasetemp() / "tiny-onnxruntime.json"
+    if not path.exists():
+        config = BuildConfig(rounds=3, warmup=1, retries=0, calibration_samples=3, calibration_rounds=2, calibration_runs=1)
+        build_lut(tiny_space, path, config)
+    return path

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from latency_lut import BuildConfig, build_lut, shipped_lut
 from nas import load_batch, load_records
 from nas.cli import main
 from supernet import EfnasError
@@ -16,28 +15,15 @@ from supernet import EfnasError
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="session")
-def batch_lut(tmp_path_factory, tiny_space) -> Path:
-    """The shipped tiny onnxruntime table, or one measured here with few runs (~5 s)."""
-    shipped = shipped_lut(tiny_space)
-    if shipped is not None:
-        return shipped
-    path = tmp_path_factory.getbasetemp() / "tiny-onnxruntime.json"
-    if not path.exists():
-        config = BuildConfig(rounds=3, warmup=1, retries=0, calibration_samples=3, calibration_rounds=2, calibration_runs=1)
-        build_lut(tiny_space, path, config)
-    return path
-
-
 @pytest.mark.slow
-def test_batch_runs_twice_and_the_second_run_does_no_new_trials(trained_tiny_supernet, batch_lut, tmp_path, capsys):
+def test_batch_runs_twice_and_the_second_run_does_no_new_trials(trained_tiny_supernet, tiny_lut, tmp_path, capsys):
     batch_file = tmp_path / "sweep.toml"
     batch_file.write_text(f"""
 out = "{tmp_path / 'sweep'}"
 
 [defaults]
 supernet = "{trained_tiny_supernet}"
-lut = "{batch_lut}"
+lut = "{tiny_lut}"
 strategy = "random"
 trials = 3
 val_subset = 128

@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from supernet import build_model, count_macs, count_params, load_space
+from supernet import build_model, count_macs, count_params
 from supernet.model import stage_block_layout
 
 PUBLISHED_PARAMS = {"L1": 12_289_928, "L3": 31_406_000, "L7": 82_229_328}

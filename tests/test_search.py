@@ -52,19 +52,6 @@ PG_BIN = Path("/usr/lib/postgresql")
 
 
 @pytest.fixture(scope="session")
-def tiny_lut(tmp_path_factory, tiny_space) -> Path:
-    """The shipped tiny onnxruntime table, or one measured here with few runs (~5 s)."""
-    shipped = shipped_lut(tiny_space)
-    if shipped is not None:
-        return shipped
-    path = tmp_path_factory.getbasetemp() / "tiny-onnxruntime.json"
-    if not path.exists():
-        config = BuildConfig(rounds=3, warmup=1, retries=0, calibration_samples=3, calibration_rounds=2, calibration_runs=1)
-        build_lut(tiny_space, path, config)
-    return path
-
-
-@pytest.fixture(scope="session")
 def torch_lut(tmp_path_factory, tiny_space) -> Path:
     """A second, really measured table of the tiny space (PyTorch eager backend)."""
     path = tmp_path_factory.getbasetemp() / "tiny-torch.json"
