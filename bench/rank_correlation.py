@@ -39,7 +39,7 @@ from scipy import stats  # noqa: E402
 
 from nas.demo import DemoConfig  # noqa: E402
 from supernet import ArchSpec  # noqa: E402
-from supernet.checkpoint import load_supernet  # noqa: E402
+from supernet.checkpoint import load_checkpoint, load_supernet  # noqa: E402
 from supernet.data import load_data  # noqa: E402
 from supernet.evaluate import evaluate_spec  # noqa: E402
 from supernet.io import atomic_write_json, atomic_write_text, console, provenance, provenance_markdown  # noqa: E402
@@ -53,16 +53,17 @@ def _tau(a: list[float], b: list[float]) -> float:
 
 
 def _ensure_supernet(path: Path, threads: int | None) -> None:
-    """Train the demo's supernet (same settings as ``efnas demo`` step 1) when there is none yet."""
-    if path.exists():
+    """Train the demo's supernet (same settings as ``efnas demo`` step 1) unless a finished one is
+    there; an interrupted one is resumed."""
+    if path.exists() and load_checkpoint(path).get("finished"):
         return
     demo = DemoConfig()
     config = TrainConfig(space=demo.space, data=demo.data, out=str(path.parent), epochs=demo.epochs, seed=demo.seed, threads=threads)
     console.print(
-        f"no supernet at {path}: training the demo's ("
+        f"no finished supernet at {path}: training the demo's ("
         f"efnas train --space {demo.space} --data {demo.data} --epochs {demo.epochs} --out {path.parent})"
     )
-    train(config, resume=(path.parent / "supernet.pt").exists())
+    train(config, resume=path.exists())
 
 
 def main() -> int:

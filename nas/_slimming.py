@@ -141,18 +141,15 @@ def grow_actions(space: SearchSpace, spec: ArchSpec) -> list[Action]:
 def combine(space: SearchSpace, base: ArchSpec, actions: Sequence[Action]) -> ArchSpec | None:
     """``base`` with the edits of ``actions`` (one per stage) applied together, or None if that
     leaves the space."""
-    widths, depths, ratios = list(base.widths), list(base.depths), list(base.mlp_ratios)
-    meta3d = base.num_meta3d
     last = space.num_stages - 1
+    combined: ArchSpec | None = base
     for action in actions:
-        s = action.stage
-        widths[s], depths[s], ratios[s] = action.spec.widths[s], action.spec.depths[s], action.spec.mlp_ratios[s]
-        if s == last:
-            meta3d = action.spec.num_meta3d
-    try:
-        return space.spec(widths, depths, meta3d, ratios)
-    except EfnasError:
-        return None
+        s, edited = action.stage, action.spec
+        combined = _with(space, combined, stage=s, width=edited.widths[s], depth=edited.depths[s], ratio=edited.mlp_ratios[s],
+                         meta3d=edited.num_meta3d if s == last else None)
+        if combined is None:
+            return None
+    return combined
 
 
 Scores = Callable[[Sequence[tuple[ArchSpec, dict[str, Any]]]], dict[ArchSpec, float]]
