@@ -9,18 +9,17 @@ repeats exactly.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from itertools import islice
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.progress import Progress
 from torch import nn
 
 from supernet.errors import EfnasError
+from supernet.optim import distillation_loss, param_groups, warmup_cosine
 
 __all__ = ["FinetuneConfig", "FinetuneReport", "finetune"]
 
@@ -64,14 +63,6 @@ class FinetuneReport:
                 "last_loss": self.last_loss, "seconds": round(self.seconds, 2)}
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        # Norm scales, biases, layer scales and attention biases are not weights to shrink.
-        (decay if param.ndim >= 2 and "attention_biases" not in name else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def finetune(
     student: nn.Module,
     teacher: nn.Module,
@@ -93,10 +84,9 @@ def finetune(
     if steps_per_epoch < 1:
         raise EfnasError(f"the training set ({data.num_train} images) is too small for batch size {config.batch_size}")
     total = config.epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(_param_groups(student, config.weight_decay), lr=config.lr)
+    optimizer = torch.optim.AdamW(param_groups(student, config.weight_decay), lr=config.lr)
     teacher.eval().requires_grad_(False)
     student.train()
-    t = config.temperature
     task = progress.add_task("fine-tuning (distillation)", total=total) if progress is not None else None
     losses: list[float] = []
     step = 0
@@ -105,10 +95,10 @@ def finetune(
         for images, _ in islice(data.train_batches(epoch, config.batch_size, seed=seed), steps_per_epoch):
             images = images.to(device)
             for group in optimizer.param_groups:
-                group["lr"] = config.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+                group["lr"] = warmup_cosine(step, total, 0, config.lr)
             with torch.no_grad():
-                target = F.softmax(teacher(images).float() / t, dim=-1)
-            loss = F.kl_div(F.log_softmax(student(images).float() / t, dim=-1), target, reduction="batchmean") * t * t
+                target = teacher(images)
+            loss = distillation_loss(student(images), target, config.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

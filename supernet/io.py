@@ -1,4 +1,4 @@
-"""Small shared plumbing: atomic file writes, provenance records, the console.
+"""Small shared plumbing: atomic file writes, provenance records, the console and its progress bars.
 
 Everything the tool writes that a person or a later run relies on (checkpoints, latency tables,
 study results, exports) goes through :func:`atomic_write_bytes`, so a killed process leaves either
@@ -17,10 +17,13 @@ import socket
 import sys
 import tempfile
 from importlib import metadata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 __all__ = [
     "atomic_write_bytes",
@@ -29,12 +32,49 @@ __all__ = [
     "atomic_torch_save",
     "console",
     "cpu_model",
+    "progress_bar",
     "provenance",
     "provenance_markdown",
     "tool_version",
+    "torch_threads",
 ]
 
 console = Console(highlight=False)
+
+
+def progress_bar(*fields: ProgressColumn | str, show: bool = True, transient: bool = False) -> Progress:
+    """The one progress bar of every long command: description, bar, count, elapsed, ETA.
+
+    ``fields`` are extra columns (a string is a :class:`TextColumn` template) shown after the count.
+    """
+    extra = [TextColumn(f) if isinstance(f, str) else f for f in fields]
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *extra,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+        disable=not show,
+    )
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads (None: leave them), then restore the previous count."""
+    import torch
+
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import random
 import time
@@ -35,6 +34,7 @@ from supernet.errors import EfnasError
 from supernet.evaluate import evaluate_spec
 from supernet.io import atomic_write_json, atomic_write_text, console, provenance
 from supernet.model import EfficientFormer, build_model
+from supernet.optim import distillation_loss, param_groups, warmup_cosine
 from supernet.space import ArchSpec, SearchSpace, load_space
 
 __all__ = ["TrainConfig", "TrainResult", "load_static_checkpoint", "params_digest", "sandwich_specs", "train"]
@@ -117,9 +117,7 @@ class SandwichLoss(nn.Module):
         self.temperature = temperature
 
     def distill(self, logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
-        t = self.temperature
-        soft_target = F.softmax(target_logits.detach().float() / t, dim=-1)
-        return F.kl_div(F.log_softmax(logits.float() / t, dim=-1), soft_target, reduction="batchmean") * t * t
+        return distillation_loss(logits, target_logits, self.temperature)
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor, specs: list[ArchSpec], teacher_logits: torch.Tensor | None
@@ -133,22 +131,6 @@ class SandwichLoss(nn.Module):
         for spec in specs[1:]:
             loss = loss + self.distill(self.supernet(images, spec), target)
         return loss, loss_largest.detach()
-
-
-def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
-    """Linear warm-up to ``peak``, then cosine decay to zero at ``total_steps``."""
-    if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        # Norm scales, biases, layer scales and attention biases are not weights to shrink.
-        (decay if param.ndim >= 2 and "attention_biases" not in name else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def load_static_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -292,7 +274,7 @@ def train(
     supernet.to(device)
     teacher = _load_teacher(config.teacher, space.resolution, space.num_classes, space).to(device) if config.teacher else None
 
-    optimizer = torch.optim.AdamW(_param_groups(supernet, config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.AdamW(param_groups(supernet, config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
     steps_per_epoch = data.num_train_batches(config.batch_size, ddp.world_size)
     if config.steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
@@ -401,7 +383,7 @@ def train(
             )
             for images, labels in batches:
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                lr = lr_at(step, total_steps, warmup_steps, config.lr)
+                lr = warmup_cosine(step, total_steps, warmup_steps, config.lr)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 specs = sandwich_specs(space, config.seed, step, config.num_random)
