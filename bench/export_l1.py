@@ -10,7 +10,7 @@ format, and a second time for a Core ML fp32 tensor-input package only:
 
     efnas export --supernet CKPT --preset L1 --out OUT --threads T
     efnas export --supernet CKPT --preset L1 --out OUT32 --formats coreml --coreml-precision fp32 \\
-        --coreml-input tensor --calib-batches 0 --val-samples 128 --latency-rounds 0 --threads T
+        --coreml-input tensor --calib-batches 0 --val-subset 128 --latency-rounds 0 --threads T
 
 The accuracy of random weights on random pictures means nothing; the timings and sizes do.
 
@@ -112,7 +112,7 @@ def main() -> int:
         common = ["--supernet", str(checkpoint), "--preset", "L1", "--threads", str(args.threads)]
         main_cmd = [*common, "--out", str(work / "l1")]
         fp32_cmd = [*common, "--out", str(work / "l1-fp32"), "--formats", "coreml", "--coreml-precision", "fp32",
-                    "--coreml-input", "tensor", "--calib-batches", "0", "--val-samples", "128", "--latency-rounds", "0"]
+                    "--coreml-input", "tensor", "--calib-batches", "0", "--val-subset", "128", "--latency-rounds", "0"]
         wall = run_export(main_cmd)
         wall_fp32 = run_export(fp32_cmd)
         record = json.loads((work / "l1" / "export.json").read_text())

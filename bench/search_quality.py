@@ -46,7 +46,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from latency_lut import load_lut, shipped_lut  # noqa: E402
-from nas.budget import lut_digest  # noqa: E402
 from nas import (  # noqa: E402
     BudgetRequest,
     Evaluator,
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     full = Evaluator(evaluator.supernet, evaluator.info, dataclasses.replace(evaluator.config, val_subset=None))
 
     # Studies belong to one supernet and one table: another of either gets fresh studies.
-    work = WORK / f"supernet-{evaluator.supernet_digest[:8]}-lut-{lut_digest(load_lut(lut_path))[:8]}"
+    work = WORK / f"supernet-{evaluator.supernet_digest[:8]}-lut-{load_lut(lut_path).digest()[:8]}"
     comparison = compare_strategies(base, evaluator, lut_path, args.budget, args.trials, seeds, work)
     regeneration = regenerate(base, evaluator, full, lut_path, args.trials, work)
     v1 = None if args.skip_v1 else v1_toy_check(args.threads)

@@ -17,11 +17,12 @@ from pathlib import Path
 
 from supernet.space import SearchSpace
 
-from latency_lut._backends import BACKENDS, Backend, get_backend
+from latency_lut._backends import BACKENDS, ONNX_OPSET, Backend, get_backend, onnx_bytes
 from latency_lut._build import BuildConfig, BuildResult, build_lut, calibration_specs, recalibrate
 from latency_lut._calibration import Calibration, CalibrationModel, fit_calibration
 from latency_lut._check import CheckConfig, CheckReport, check_lut, check_specs, plot_check
-from latency_lut._keys import CATEGORIES, OpUnit, PlacedUnit, op_keys, op_units, parse_key, space_keys, space_units
+from latency_lut._fastest import fastest_subnet
+from latency_lut._keys import CATEGORIES, OpUnit, PlacedUnit, category_of, op_keys, op_units, parse_key, space_keys, space_units
 from latency_lut._measure import CONTEXTS, STATISTICS, Timing, measure_model, time_models
 from latency_lut._stats import PredictionStats, linear_fit, prediction_stats
 from latency_lut._table import LatencyTable, load_lut, predict_ms, save_lut
@@ -30,6 +31,7 @@ __all__ = [
     "BACKENDS",
     "CATEGORIES",
     "CONTEXTS",
+    "ONNX_OPSET",
     "STATISTICS",
     "Backend",
     "BuildConfig",
@@ -45,13 +47,16 @@ __all__ = [
     "Timing",
     "build_lut",
     "calibration_specs",
+    "category_of",
     "check_lut",
     "check_specs",
     "fit_calibration",
+    "fastest_subnet",
     "get_backend",
     "linear_fit",
     "load_lut",
     "measure_model",
+    "onnx_bytes",
     "op_keys",
     "op_units",
     "parse_key",

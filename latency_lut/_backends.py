@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from supernet.errors import EfnasError
+from supernet.io import torch_threads
 
-__all__ = ["BACKENDS", "Backend", "Runner", "get_backend", "onnx_bytes"]
+__all__ = ["BACKENDS", "ONNX_OPSET", "Backend", "Runner", "get_backend", "onnx_bytes"]
 
 BACKENDS = ("onnxruntime", "torch", "torch-cuda")
-ONNX_OPSET = 17
+ONNX_OPSET = 17  # the opset every table is measured with; exports use it too
 
 
 @dataclass
@@ -38,10 +39,15 @@ class Runner:
     keep: list[Any] = field(default_factory=list)  # objects the callables need alive
 
 
-def onnx_bytes(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
-    """``module`` in eval mode exported to ONNX (TorchScript exporter, fixed opset) as bytes."""
+def onnx_bytes(
+    module: nn.Module, input_shape: tuple[int, ...], *, output_name: str = "output", dynamic_batch: bool = False
+) -> bytes:
+    """``module`` in eval mode exported to ONNX as bytes: the TorchScript exporter at
+    :data:`ONNX_OPSET`, input ``input``. Tables and exported models both go through here, so an
+    exported model runs the graph its latency was priced with."""
     buffer = io.BytesIO()
     example = torch.zeros(input_shape)
+    dynamic_axes = {"input": {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of dynamo, which is ~5x slower per
         # export; a table exports hundreds of blocks, and blocks and whole models use the same one.
@@ -53,19 +59,10 @@ def onnx_bytes(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
             dynamo=False,
             opset_version=ONNX_OPSET,
             input_names=["input"],
-            output_names=["output"],
+            output_names=[output_name],
+            dynamic_axes=dynamic_axes,
         )
     return buffer.getvalue()
-
-
-@contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 class Backend:
@@ -102,7 +99,7 @@ class Backend:
     @contextmanager
     def session(self) -> Iterator[None]:
         """Process-wide settings held while measuring (torch's own thread pool)."""
-        with _torch_threads(self.threads), torch.inference_mode():
+        with torch_threads(self.threads), torch.inference_mode():
             yield
 
 

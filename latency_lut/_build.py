@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,16 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
-from supernet.errors import EfnasError
-from supernet.io import console, cpu_model, provenance
+from supernet.errors import ConfigError, EfnasError
+from supernet.io import console, cpu_model, progress_bar, provenance
 from supernet.space import ArchSpec, SearchSpace
 
 from latency_lut._backends import Backend, get_backend
 from latency_lut._calibration import CalibrationModel, fit_calibration
 from latency_lut._keys import OpUnit, space_units
-from latency_lut._measure import CONTEXTS, STATISTICS, Timing, time_models, time_units
+from latency_lut._measure import CONTEXTS, STATISTICS, Timing, seeded_weights, time_models, time_units
 from latency_lut._table import LatencyTable, load_lut, save_lut
 
 __all__ = ["BuildConfig", "BuildResult", "build_lut", "calibration_specs", "recalibrate"]
@@ -66,17 +65,17 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         if self.statistic not in STATISTICS:
-            raise EfnasError(f"statistic must be one of {', '.join(STATISTICS)}, got {self.statistic!r}")
+            raise ConfigError("statistic", f"must be one of {', '.join(STATISTICS)}, got {self.statistic!r}")
         for name in ("threads", "rounds", "group_size", "calibration_rounds", "calibration_runs"):
             if getattr(self, name) < 1:
-                raise EfnasError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
         for name in ("warmup", "retries", "calibration_samples"):
             if getattr(self, name) < 0:
-                raise EfnasError(f"{name.replace('_', '-')} must be at least 0, got {getattr(self, name)}")
+                raise ConfigError(name, f"must be at least 0, got {getattr(self, name)}")
         if self.min_group_seconds < 0:
-            raise EfnasError(f"min-group-seconds must be at least 0, got {self.min_group_seconds}")
+            raise ConfigError("min_group_seconds", f"must be at least 0, got {self.min_group_seconds}")
         if self.max_spread <= 0:
-            raise EfnasError(f"max-spread must be positive, got {self.max_spread}")
+            raise ConfigError("max_spread", f"must be positive, got {self.max_spread}")
 
 
 @dataclass(frozen=True)
@@ -104,19 +103,6 @@ def calibration_specs(space: SearchSpace, count: int, seed: int) -> list[tuple[s
         if spec not in presets and spec not in specs:
             specs.append(spec)
     return [(f"cal{i:02d}", spec) for i, spec in enumerate(specs)]
-
-
-@contextmanager
-def progress_bar(transient: bool = False) -> Iterator[Progress]:
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=transient) as progress:
-        yield progress
 
 
 def _new_meta(space: SearchSpace, space_arg: str, config: BuildConfig, engine: Backend) -> dict[str, Any]:
@@ -208,8 +194,9 @@ class _Build:
         """Timings of ``units`` per context (both while undecided, else the chosen one)."""
         runners = {}
         for unit in units:
-            torch.manual_seed(self.rng.randrange(2**31))
-            runners[unit.key] = self.engine.prepare(unit.build(), unit.input_shape(), seed=self.rng.randrange(2**31))
+            with seeded_weights(self.rng.randrange(2**31)):
+                module = unit.build()
+            runners[unit.key] = self.engine.prepare(module, unit.input_shape(), seed=self.rng.randrange(2**31))
             progress.advance(task, 0.5)
         # A unit that does (almost) nothing, timed with the others: the fixed cost of one call.
         runners[NULL_KEY] = self.engine.prepare(nn.ReLU(), (1, 1))
@@ -344,7 +331,7 @@ def _calibrate(run: _Build, space: SearchSpace, progress: Progress) -> bool:
             min_seconds=config.min_group_seconds,
         )
         for name, spec in group:
-            done[name] = CalibrationModel(name, spec.to_dict(), **asdict(timings[name])).to_dict()
+            done[name] = CalibrationModel(name=name, arch=spec.to_dict(), **asdict(timings[name])).to_dict()
         table.meta["pending_calibration"] = list(done.values())
         run.spend(time.monotonic() - group_started)
         run.save()

@@ -22,35 +22,23 @@ import numpy as np
 
 from supernet.errors import EfnasError
 
+from latency_lut._keys import CATEGORIES
+from latency_lut._measure import Timing
+
 __all__ = ["Calibration", "CalibrationModel", "fit_calibration"]
 
-CATEGORIES = ("stem", "embed", "meta4d", "meta3d", "head")
 PER_CATEGORY_MIN = 2 * (len(CATEGORIES) + 1)
 
 
-@dataclass(frozen=True)
-class CalibrationModel:
+@dataclass(frozen=True, kw_only=True)
+class CalibrationModel(Timing):
     """A whole network measured end to end: its name, architecture (as a dict) and timing."""
 
     name: str
     arch: dict[str, Any]
-    median_ms: float
-    p10_ms: float
-    p90_ms: float
-    runs: int
-
-    def value(self, statistic: str) -> float:
-        return self.p10_ms if statistic == "p10" else self.median_ms
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "arch": self.arch,
-            "median_ms": round(self.median_ms, 6),
-            "p10_ms": round(self.p10_ms, 6),
-            "p90_ms": round(self.p90_ms, 6),
-            "runs": self.runs,
-        }
+        return {"name": self.name, "arch": self.arch, **super().to_dict()}
 
     @classmethod
     def from_dict(cls, data: Any) -> CalibrationModel:

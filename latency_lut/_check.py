@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from supernet.errors import EfnasError
-from supernet.io import atomic_write_bytes, atomic_write_json, console, provenance
+from supernet.errors import ConfigError, EfnasError
+from supernet.io import atomic_write_bytes, atomic_write_json, console, progress_bar, provenance
 from supernet.space import ArchSpec, SearchSpace
 
 from latency_lut._backends import get_backend
-from latency_lut._build import progress_bar
 from latency_lut._measure import Timing, time_models
 from latency_lut._stats import PredictionStats, prediction_stats
 from latency_lut._table import LatencyTable
@@ -45,9 +44,9 @@ class CheckConfig:
     def __post_init__(self) -> None:
         for name in ("rounds", "runs", "group_size"):
             if getattr(self, name) < 1:
-                raise EfnasError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
         if self.samples < 0:
-            raise EfnasError(f"samples must be at least 0, got {self.samples}")
+            raise ConfigError("samples", f"must be at least 0, got {self.samples}")
 
 
 def check_specs(space: SearchSpace, lut: LatencyTable, samples: int, seed: int) -> list[tuple[str, ArchSpec]]:
@@ -204,15 +203,16 @@ def _row(name: str, spec: ArchSpec, lut: LatencyTable, timing: Timing, preset: b
 
 def plot_check(report: CheckReport, path: str | Path, title: str) -> Path:
     """Scatter of predicted vs measured with the +-5 % and +-10 % bands, presets labelled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure of its own on the Agg canvas: no pyplot, so the caller's backend and figures are untouched.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     key = f"{report.statistic}_ms"
     measured = np.array([row["measured"][key] for row in report.rows])
     predicted = np.array([row["predicted_ms"] for row in report.rows])
-    fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=120)
+    fig = Figure(figsize=(5.5, 5.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     top = max(measured.max(), predicted.max()) * 1.05
     line = np.array([0, top])
     ax.fill_between(line, line * 0.9, line * 1.1, color="tab:blue", alpha=0.08, label="±10 %")
@@ -236,6 +236,5 @@ def plot_check(report: CheckReport, path: str | Path, title: str) -> Path:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)

@@ -34,14 +34,14 @@ import torch
 from torch import nn
 
 from supernet.errors import EfnasError, read_user_file
-from supernet.io import atomic_write_json, atomic_write_text, console, provenance
+from supernet.io import atomic_write_json, atomic_write_text, console, progress_bar, provenance
 from supernet.model import build_model
 from supernet.space import ArchSpec, SearchSpace
 
-from latency_lut._build import calibration_from_models, calibration_specs, progress_bar
+from latency_lut._build import calibration_from_models, calibration_specs
 from latency_lut._calibration import CalibrationModel
 from latency_lut._keys import parse_key, space_units
-from latency_lut._measure import Timing
+from latency_lut._measure import Timing, seeded_weights
 from latency_lut._table import LatencyTable, save_lut
 
 __all__ = ["COMPUTE_UNITS", "import_results", "measure_coreml", "read_manifest", "write_bundle"]
@@ -150,11 +150,8 @@ def write_bundle(
             if folder == "models" and earlier.get(name) != record["arch"]:
                 shutil.rmtree(path, ignore_errors=True)
             if not (path / "Manifest.json").exists():
-                torch.manual_seed(seed)
-                if name.startswith("model:"):
-                    module = build_model(ArchSpec.from_dict(record["arch"]))
-                else:
-                    module = parse_key(name).build()
+                with seeded_weights(seed):
+                    module = build_model(ArchSpec.from_dict(record["arch"])) if name.startswith("model:") else parse_key(name).build()
                 _convert(ct, module, input_shape, path)
             record.update({"package": relative, "input": {"name": "input", "shape": list(input_shape)},
                            "output": {"name": "output", "shape": list(output_shape)}})
@@ -302,7 +299,7 @@ def import_results(
     models = []
     for name, record in known_models.items():
         if name in timings:
-            models.append(CalibrationModel(name.removeprefix("model:"), record["arch"], **asdict(timings[name])))
+            models.append(CalibrationModel(name=name.removeprefix("model:"), arch=record["arch"], **asdict(timings[name])))
     meta["calibration"] = calibration_from_models(table, models)
     if meta["calibration"] is None:
         console.print(

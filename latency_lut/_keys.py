@@ -39,10 +39,15 @@ __all__ = [
     "space_keys",
 ]
 
-#: Unit kinds in network order; calibration fits one scale per category (flat joins meta3d, as it
-#: only exists in front of the attention blocks or the head).
+#: Unit kinds in network order; calibration fits one scale per category (see :func:`category_of`).
 KINDS = ("stem", "embed", "meta4d", "flat", "meta3d", "head")
 CATEGORIES = ("stem", "embed", "meta4d", "meta3d", "head")
+
+
+def category_of(kind: str) -> str:
+    """The calibration category of a unit kind: ``flat`` joins ``meta3d``, as it only exists in
+    front of the attention blocks or the head; every other kind is its own category."""
+    return "meta3d" if kind == "flat" else kind
 
 _FIELDS = {
     "stem": ("w", "r"),
@@ -83,7 +88,7 @@ class OpUnit:
 
     @property
     def category(self) -> str:
-        return "meta3d" if self.kind == "flat" else self.kind
+        return category_of(self.kind)
 
     def input_shape(self, batch: int = 1) -> tuple[int, ...]:
         if self.kind == "stem":
@@ -181,6 +186,7 @@ def space_units(space: SearchSpace) -> dict[str, OpUnit]:
     res = space.largest().stage_resolutions
     units: list[OpUnit] = [OpUnit("stem", w, space.resolution) for w in space.stages[0].widths]
     last = space.num_stages - 1
+    pairs = space.last_stage_choices()
     for stage, choices in enumerate(space.stages):
         if stage:
             units += [
@@ -188,10 +194,10 @@ def space_units(space: SearchSpace) -> dict[str, OpUnit]:
                 for w_in in space.stages[stage - 1].widths
                 for w in choices.widths
             ]
-        if stage != last or choices.depth_max > space.meta3d_min:
+        if stage != last or any(depth > m for depth, m in pairs):
             units += [OpUnit("meta4d", w, res[stage], mlp_ratio=m) for w in choices.widths for m in choices.mlp_ratios]
     units += [OpUnit("flat", w, res[last]) for w in space.stages[last].widths]
-    if space.meta3d_max:
+    if any(m for _, m in pairs):
         units += [
             OpUnit("meta3d", w, res[last], mlp_ratio=m, heads=space.attn_heads, key_dim=space.attn_key_dim)
             for w in space.stages[last].widths

@@ -29,7 +29,7 @@ from supernet.space import ArchSpec
 
 from latency_lut._backends import Backend, Runner, get_backend
 
-__all__ = ["CONTEXTS", "STATISTICS", "Timing", "measure_model", "time_models", "time_units"]
+__all__ = ["CONTEXTS", "STATISTICS", "Timing", "measure_model", "seeded_weights", "time_models", "time_units"]
 
 #: The statistics a table can predict. ``p10`` estimates the latency on an undisturbed machine
 #: (contention from other processes only ever adds time); ``median`` is what most tools report.
@@ -73,6 +73,16 @@ class Timing:
 
 
 @contextmanager
+def seeded_weights(seed: int) -> Iterator[None]:
+    """Modules built inside are initialised from ``seed`` (the same weights as after
+    ``torch.manual_seed(seed)``), and the global CPU generator is restored on exit: measuring a
+    table leaves the caller's random state as it found it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
+@contextmanager
 def _no_gc():
     # A collection in the middle of a timed run would be charged to whatever block was running.
     enabled = gc.isenabled()
@@ -101,6 +111,24 @@ def _rounds(rounds: int, min_seconds: float, on_round: Callable[[], None] | None
             on_round()
 
 
+def _interleaved(
+    runners: dict[str, Runner],
+    rounds: int,
+    rng: random.Random,
+    on_round: Callable[[], None] | None,
+    min_seconds: float,
+) -> Iterator[tuple[str, Runner]]:
+    """Each round, every runner once in a fresh random order, its input rewritten first; the
+    garbage collector stays off while the caller times them."""
+    order = list(runners)
+    with _no_gc():
+        for _ in _rounds(rounds, min_seconds, on_round):
+            rng.shuffle(order)
+            for key in order:
+                runners[key].refresh()
+                yield key, runners[key]
+
+
 def time_units(
     runners: dict[str, Runner],
     clock: Callable[[], int],
@@ -120,22 +148,16 @@ def time_units(
     samples: dict[str, dict[str, list[int]]] = {context: {key: [] for key in runners} for context in contexts}
     cold = samples.get("cold")
     warm = samples.get("warm")
-    order = list(runners)
-    with _no_gc():
-        for _ in _rounds(rounds, min_seconds, on_round):
-            rng.shuffle(order)
-            for key in order:
-                runner = runners[key]
-                runner.refresh()
-                start = clock()
-                runner.run()
-                end = clock()
-                if cold is not None:
-                    cold[key].append(end - start)
-                if warm is not None:
-                    start = clock()
-                    runner.run()
-                    warm[key].append(clock() - start)
+    for key, runner in _interleaved(runners, rounds, rng, on_round, min_seconds):
+        start = clock()
+        runner.run()
+        end = clock()
+        if cold is not None:
+            cold[key].append(end - start)
+        if warm is not None:
+            start = clock()
+            runner.run()
+            warm[key].append(clock() - start)
     return samples
 
 
@@ -149,18 +171,12 @@ def _visit_models(
     min_seconds: float = 0.0,
 ) -> dict[str, list[int]]:
     samples: dict[str, list[int]] = {key: [] for key in runners}
-    order = list(runners)
-    with _no_gc():
-        for _ in _rounds(rounds, min_seconds, on_round):
-            rng.shuffle(order)
-            for key in order:
-                runner = runners[key]
-                runner.refresh()
-                runner.run()
-                for _ in range(runs):
-                    start = clock()
-                    runner.run()
-                    samples[key].append(clock() - start)
+    for key, runner in _interleaved(runners, rounds, rng, on_round, min_seconds):
+        runner.run()
+        for _ in range(runs):
+            start = clock()
+            runner.run()
+            samples[key].append(clock() - start)
     return samples
 
 
@@ -178,8 +194,9 @@ def time_models(
     least ``rounds`` rounds, more for small networks while under ``min_seconds``."""
     runners = {}
     for name, spec in specs:
-        torch.manual_seed(seed)
-        runners[name] = engine.prepare(build_model(spec), (1, 3, spec.resolution, spec.resolution), seed=seed)
+        with seeded_weights(seed):
+            model = build_model(spec)
+        runners[name] = engine.prepare(model, (1, 3, spec.resolution, spec.resolution), seed=seed)
     step = None
     if progress is not None:
         bar, task = progress
@@ -206,8 +223,8 @@ def measure_model(
     Compare ``predict_ms`` with ``timing.value(lut.meta["statistic"])``."""
     if isinstance(model_or_spec, ArchSpec):
         spec: ArchSpec | None = model_or_spec
-        torch.manual_seed(seed)
-        model: nn.Module = build_model(model_or_spec)
+        with seeded_weights(seed):
+            model: nn.Module = build_model(model_or_spec)
     else:
         model = model_or_spec
         spec = getattr(model, "spec", None)

@@ -8,6 +8,7 @@ it, diff it and edit it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shlex
@@ -19,7 +20,7 @@ from supernet.io import atomic_write_text
 from supernet.space import ArchSpec, SearchSpace
 
 from latency_lut._calibration import Calibration
-from latency_lut._keys import op_units, parse_key
+from latency_lut._keys import category_of, op_units, parse_key, space_keys
 from latency_lut._measure import STATISTICS, Timing
 
 __all__ = ["LatencyTable", "load_lut", "predict_ms", "save_lut"]
@@ -69,6 +70,16 @@ class LatencyTable:
         data = self.meta.get("calibration")
         return Calibration.from_dict(data) if data else None
 
+    def digest(self) -> str:
+        """A short hash of what the table predicts with (entries, calibration, statistic), not of
+        where the file lives: workers on different machines can tell they use the same table."""
+        content = {
+            "entries": {k: v.to_dict() for k, v in sorted(self.entries.items())},
+            "calibration": self.meta.get("calibration"),
+            "statistic": self.statistic,
+        }
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
+
     def describe(self) -> str:
         """One line: device, backend, threads, batch, space."""
         space = self.meta["space"]
@@ -86,6 +97,17 @@ class LatencyTable:
                 f"latency table {self._where()} was made for space '{mine['name']}' (fingerprint "
                 f"{mine['fingerprint']}), not for space '{space.name}' (fingerprint {space.fingerprint()}); "
                 f"build one with: {self.fill_command(space_arg=space.name)}"
+            )
+
+    def check_covers(self, space: SearchSpace) -> None:
+        """Raise a one-line :class:`EfnasError` unless this table was made for ``space`` and
+        prices every unit of it."""
+        self.check_space(space)
+        missing = sorted(space_keys(space) - set(self.entries))
+        if missing:
+            raise EfnasError(
+                f"latency table {self._where()} has no entry for {len(missing)} unit(s) of space '{space.name}' "
+                f"({_first(missing, 4)}); measure them with: {self.fill_command(space.largest())}"
             )
 
     def _where(self) -> str:
@@ -125,10 +147,9 @@ class LatencyTable:
     def _require(self, spec: ArchSpec) -> None:
         missing = self.missing(spec)
         if missing:
-            shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
             raise EfnasError(
                 f"latency table {self._where()} has no entry for {len(missing)} unit(s) of {spec.label()}: "
-                f"{shown}; measure them with: {self.fill_command(spec)}"
+                f"{_first(missing, 8)}; measure them with: {self.fill_command(spec)}"
             )
 
     def category_sums(self, spec: ArchSpec) -> dict[str, float]:
@@ -151,8 +172,7 @@ class LatencyTable:
         calibration = self.meta.get("calibration") if calibrated else None
         if not calibration:
             return value
-        kind = key.partition(":")[0]
-        scale = calibration["scales"]["meta3d" if kind == "flat" else kind]
+        scale = calibration["scales"][category_of(key.partition(":")[0])]
         return scale * max(value - self.call_overhead_ms, 0.0)
 
     def fixed_ms(self, calibrated: bool = True) -> float:
@@ -183,6 +203,11 @@ class LatencyTable:
         body = ",\n".join(lines)
         entries = "{\n" + body + "\n  }" if lines else "{}"
         return head[: head.rindex("}")].rstrip() + f',\n  "entries": {entries}\n}}\n'
+
+
+def _first(keys: list[str], count: int) -> str:
+    """The first ``count`` keys, and how many more there are."""
+    return ", ".join(keys[:count]) + (f" and {len(keys) - count} more" if len(keys) > count else "")
 
 
 def predict_ms(spec: ArchSpec, lut: LatencyTable) -> float:

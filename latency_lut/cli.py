@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 from rich.table import Table
 
 from supernet.cli import DocFormatter
+from supernet.cliconfig import ConfigFlags, Flag
 from supernet.errors import EfnasError
 from supernet.io import console
 from supernet.space import load_arch, load_space
 
-__all__ = ["register"]
+__all__ = ["build_flags", "check_flags", "register"]
 
 _FORMAT = DocFormatter
 
@@ -58,10 +60,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_build(commands: argparse._SubParsersAction) -> None:
-    from latency_lut._backends import BACKENDS
-    from latency_lut._build import BuildConfig
-
-    d = BuildConfig()
     build = commands.add_parser(
         "build",
         help="measure every block of a space on this machine, then calibrate on whole networks",
@@ -86,38 +84,38 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--space", required=True, help="built-in space name or a space file")
     build.add_argument("--out", required=True, type=Path, help="table file to write (resumed if it exists)")
-    build.add_argument("--backend", default=d.backend, choices=BACKENDS, help="where to measure (default: %(default)s)")
-    build.add_argument("--threads", type=int, default=d.threads, help="CPU threads of the backend (default: %(default)s)")
-    build.add_argument("--num-classes", type=int, help="price the head for this class count instead of the space's")
-    build.add_argument("--device", help="device name recorded in the table (default: the CPU or GPU model)")
-    build.add_argument("--statistic", default=d.statistic, choices=("p10", "median"),
-                       help="what entries and predictions stand for (default: %(default)s, the latency on an undisturbed machine)")
-    build.add_argument("--rounds", type=int, default=d.rounds, help="timed runs per unit (default: %(default)s)")
-    build.add_argument("--calibration-samples", type=int, default=d.calibration_samples,
-                       help="random networks measured end to end for the calibration (default: %(default)s)")
-    build.add_argument("--min-group-seconds", type=float, default=d.min_group_seconds,
-                       help="time every group of units (and of calibration networks) at least this long, with more rounds "
-                            "for small ones (default: %(default)s)")
-    build.add_argument("--seed", type=int, default=d.seed, help="seed of the calibration networks and the run order (default: %(default)s)")
-    build.add_argument("--max-minutes", type=float, help="stop after about this many minutes; run again to continue")
+    build_flags().add_arguments(build)
     build.set_defaults(func=_run_build)
 
 
-def _run_build(args: argparse.Namespace) -> int:
-    from latency_lut._build import BuildConfig, build_lut
+@functools.cache
+def build_flags() -> ConfigFlags:
+    """The flags of ``efnas lut build`` besides --space and --out, for :class:`BuildConfig`."""
+    from latency_lut._backends import BACKENDS
+    from latency_lut._build import BuildConfig
 
-    config = BuildConfig(
-        backend=args.backend,
-        threads=args.threads,
-        statistic=args.statistic,
-        rounds=args.rounds,
-        calibration_samples=args.calibration_samples,
-        min_group_seconds=args.min_group_seconds,
-        seed=args.seed,
-        device=args.device,
-        num_classes=args.num_classes,
-        max_minutes=args.max_minutes,
-    )
+    return ConfigFlags(BuildConfig, {
+        "backend": Flag("where to measure (default: %(default)s)", choices=BACKENDS),
+        "threads": Flag("CPU threads of the backend (default: %(default)s)"),
+        "num_classes": Flag("price the head for this class count instead of the space's"),
+        "device": Flag("device name recorded in the table (default: the CPU or GPU model)"),
+        "statistic": Flag("what entries and predictions stand for (default: %(default)s, the latency on an undisturbed machine)",
+                          choices=("p10", "median")),
+        "rounds": Flag("timed runs per unit (default: %(default)s)"),
+        "calibration_samples": Flag("random networks measured end to end for the calibration (default: %(default)s)"),
+        "min_group_seconds": Flag("time every group of units (and of calibration networks) at least this long, with more rounds "
+                                  "for small ones (default: %(default)s)"),
+        "seed": Flag("seed of the calibration networks and the run order (default: %(default)s)"),
+        "max_minutes": Flag("stop after about this many minutes; run again to continue"),
+        # Measurement details without flags: the defaults are what the shipped tables used.
+        **dict.fromkeys(("warmup", "group_size", "max_spread", "retries", "calibration_rounds", "calibration_runs")),
+    })
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from latency_lut._build import build_lut
+
+    config, _ = build_flags().from_args(args)
     space = load_space(args.space)
     result = build_lut(space, args.out, config, space_arg=args.space)
     table = result.table
@@ -137,9 +135,6 @@ def _run_build(args: argparse.Namespace) -> int:
 
 
 def _add_check(commands: argparse._SubParsersAction) -> None:
-    from latency_lut._check import CheckConfig
-
-    d = CheckConfig()
     check = commands.add_parser(
         "check",
         help="measure random subnets and the presets end to end and compare with the table's predictions",
@@ -159,24 +154,36 @@ def _add_check(commands: argparse._SubParsersAction) -> None:
     )
     check.add_argument("--lut", required=True, type=Path, help="the table to check")
     check.add_argument("--space", help="the table's space (default: the one recorded in the table)")
-    check.add_argument("--samples", type=int, default=d.samples, help="random subnets besides the presets (default: %(default)s)")
-    check.add_argument("--seed", type=int, default=d.seed, help="seed of the random subnets (default: %(default)s)")
-    check.add_argument("--rounds", type=int, default=d.rounds, help="visits per network (default: %(default)s)")
+    check_flags().add_arguments(check, names=("samples", "seed", "rounds"))
     check.add_argument("--out", type=Path, help="results JSON (default: next to the table, NAME.check.json)")
     check.add_argument("--plot", type=Path, help="scatter plot PNG (default: next to the results, .png)")
-    check.add_argument("--max-minutes", type=float, help="stop after about this many minutes; run again to continue")
+    check_flags().add_arguments(check, names=("max_minutes",))
     check.set_defaults(func=_run_check)
 
 
+@functools.cache
+def check_flags() -> ConfigFlags:
+    """The flags of ``efnas lut check`` for :class:`CheckConfig`."""
+    from latency_lut._check import CheckConfig
+
+    return ConfigFlags(CheckConfig, {
+        "samples": Flag("random subnets besides the presets (default: %(default)s)"),
+        "seed": Flag("seed of the random subnets (default: %(default)s)"),
+        "rounds": Flag("visits per network (default: %(default)s)"),
+        "max_minutes": Flag("stop after about this many minutes; run again to continue"),
+        **dict.fromkeys(("runs", "group_size", "min_group_seconds")),  # measurement details without flags
+    })
+
+
 def _run_check(args: argparse.Namespace) -> int:
-    from latency_lut._check import CheckConfig, check_lut, plot_check
+    from latency_lut._check import check_lut, plot_check
     from latency_lut._table import load_lut
 
     lut = load_lut(args.lut)
     space = load_space(args.space or lut.meta["space"].get("source") or lut.meta["space"]["name"])
     out = args.out or args.lut.with_suffix(".check.json")
     plot = args.plot or out.with_suffix(".png")
-    config = CheckConfig(samples=args.samples, seed=args.seed, rounds=args.rounds, max_minutes=args.max_minutes)
+    config, _ = check_flags().from_args(args)
     report = check_lut(lut, space, config, out=out)
     if not report.complete:
         console.print(f"[yellow]stopped after --max-minutes with {len(report.rows)} network(s) measured; run again to continue[/]")

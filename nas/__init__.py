@@ -4,10 +4,11 @@ The architecture spec and the search spaces live in :mod:`supernet` (the lowest 
 :mod:`latency_lut` can use them too); they are re-exported here for users of the search API.
 """
 
+from latency_lut import fastest_subnet
 from supernet import ArchSpec, EfnasError, SearchSpace, build_model, load_arch, load_space
 
 from nas.batch import Batch, BatchRow, load_batch, run_batch
-from nas.budget import Budget, BudgetRequest, budget_requests, fastest_subnet, resolve_budgets
+from nas.budget import Budget, BudgetRequest, budget_requests, resolve_budgets
 from nas.evaluator import EvalConfig, Evaluator
 from nas.results import TrialRecord, best_feasible_trial, hypervolume, load_records, pareto_front
 from nas.study import STRATEGIES, SearchConfig, SearchResult, load_evaluator, run_search

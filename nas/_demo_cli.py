@@ -4,15 +4,30 @@ from __future__ import annotations
 
 import argparse
 
+from nas.demo import DemoConfig
 from supernet.cli import DocFormatter
+from supernet.cliconfig import ConfigFlags, Flag
 
-__all__ = ["register"]
+__all__ = ["DEMO_FLAGS", "register"]
+
+
+DEMO_FLAGS = ConfigFlags(DemoConfig, {
+    "out": Flag("folder for every artefact (default: %(default)s)"),
+    "space": None,  # the demo is the tiny space on the embedded task; `efnas train` takes others
+    "data": None,
+    "epochs": Flag("supernet training epochs of 15,000 images each (default: %(default)s)"),
+    "steps_per_epoch": Flag("cap on the steps of each training epoch, for a quick look"),
+    "budget": Flag("latency budget: a preset of the space (its predicted latency) or milliseconds (default: %(default)s)"),
+    "trials": Flag("architectures the TPE search evaluates; the slimming runs until it is done (default: %(default)s)"),
+    "val_subset": Flag("validation images that score an architecture during the searches (default: %(default)s)"),
+    "measure": Flag("measure a latency table on this machine (a few minutes) instead of using the shipped one"),
+    "seed": Flag("seed of training, search and export (default: %(default)s)"),
+    "threads": Flag("intra-op CPU threads (default: torch's choice)"),
+})
+"""The flags of ``efnas demo``, one per field of :class:`DemoConfig` it lets the user change."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from nas.demo import DemoConfig
-
-    defaults = DemoConfig()
     parser = subparsers.add_parser(
         "demo",
         help="the whole pipeline on the bundled data in a few minutes: train, search, export",
@@ -33,32 +48,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "  efnas demo --measure                 # measure this machine's latency table first"
         ),
     )
-    parser.add_argument("--out", default=defaults.out, help="folder for every artefact (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="supernet training epochs of 15,000 images each (default: %(default)s)")
-    parser.add_argument("--steps-per-epoch", type=int, default=None, help="cap on the steps of each training epoch, for a quick look")
-    parser.add_argument("--budget", default=defaults.budget, help="latency budget: a preset of the space (its predicted latency) or milliseconds (default: %(default)s)")
-    parser.add_argument("--trials", type=int, default=defaults.trials, help="architectures the TPE search evaluates; the slimming runs until it is done (default: %(default)s)")
-    parser.add_argument("--val-subset", type=int, default=defaults.val_subset, help="validation images that score an architecture during the searches (default: %(default)s)")
-    parser.add_argument("--measure", action="store_true", help="measure a latency table on this machine (a few minutes) instead of using the shipped one")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of training, search and export (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: torch's choice)")
+    DEMO_FLAGS.add_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from nas.demo import DemoConfig, run_demo
+    from nas.demo import run_demo
 
-    config = DemoConfig(
-        out=args.out,
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
-        budget=args.budget,
-        trials=args.trials,
-        val_subset=args.val_subset,
-        measure=args.measure,
-        seed=args.seed,
-        threads=args.threads,
-    )
+    config, _ = DEMO_FLAGS.from_args(args)
     run_demo(config, show_progress=not args.no_progress)
     return 0

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from rich.table import Table
 
 from supernet.cli import DocFormatter
+from supernet.cliconfig import ConfigFlags, Flag
 from supernet.io import console
 
 from nas._model_card import human_size
 from nas.export import FORMATS, ExportConfig, ExportResult, export_subnet
 
-__all__ = ["register"]
-
-_DEFAULTS = {field.name: field.default for field in dataclasses.fields(ExportConfig)}
+__all__ = ["EXPORT_FLAGS", "print_summary", "register"]
 
 
 def _formats(text: str) -> tuple[str, ...]:
@@ -23,8 +21,54 @@ def _formats(text: str) -> tuple[str, ...]:
     return FORMATS if names == ("all",) else names
 
 
+_SOURCE = "what to export (exactly one of --arch, --preset, --study)"
+_DATA = "calibration, evaluation and fine-tuning"
+_FORMATS = "formats and checks"
+_LATENCY = "latency on the model card"
+
+# In the order of `efnas export --help`.
+EXPORT_FLAGS = ConfigFlags(ExportConfig, {
+    "supernet": Flag("supernet checkpoint, or the training run folder holding supernet.pt", metavar="CKPT"),
+    "arch": Flag("architecture JSON: a bare spec, or a file with an \"arch\" field (a search's best.json, an export's arch.json)",
+                 metavar="FILE", group=_SOURCE),
+    "preset": Flag("a preset of the supernet's space, e.g. L1 (see `efnas presets`)", metavar="NAME", group=_SOURCE),
+    "study": Flag("an Optuna study: its best feasible trial (constraints <= 0) is exported", metavar="NAME", group=_SOURCE),
+    "storage": Flag("Optuna storage of --study: a URL (sqlite:///runs/s/study.db, postgresql://...) or an SQLite file path",
+                    metavar="URL", group=_SOURCE),
+    "out": Flag("export folder; must not exist (or be empty) unless --force", metavar="DIR"),
+    "force": Flag("replace an existing --out (only once the new export has succeeded)"),
+    "formats": Flag(f"comma-separated formats out of {', '.join(FORMATS)}, or all (default: all)", metavar="LIST",
+                    parse=_formats, text=",".join),
+    "data": Flag("dataset: digits-mosaic, digits or imagefolder:PATH (default: the one the supernet was trained on, from its checkpoint)",
+                 metavar="DATA", group=_DATA),
+    "calib_batches": Flag("training batches for BatchNorm recalibration; 0 keeps the supernet's statistics (default: %(default)s)",
+                          metavar="N", group=_DATA),
+    "batch_size": Flag("images per batch (default: %(default)s)", metavar="N", group=_DATA),
+    "val_subset": Flag("evaluate on a fixed subset of N validation images drawn with --seed, as a search scores (default: all of them)",
+                        metavar="N", group=_DATA),
+    "seed": Flag("seed of the calibration batches, the fine-tune order, the validation subset and the check inputs (default: %(default)s)",
+                 metavar="N", group=_DATA),
+    "finetune_epochs": Flag("fine-tune the subnet for N epochs, distilled from the largest subnet (AdamW, cosine) (default: %(default)s)",
+                            metavar="N", group=_DATA),
+    "finetune_lr": Flag("peak fine-tune learning rate (default: %(default)s)", metavar="LR", group=_DATA),
+    "finetune_steps": Flag("cap on the fine-tune steps of each epoch, for quick runs", metavar="N", group=_DATA),
+    "device": Flag("where calibration, fine-tuning and evaluation run; the checks run on the CPU (default: %(default)s)",
+                   choices=("cpu", "cuda"), group=_DATA),
+    "threads": Flag("torch intra-op CPU threads (default: torch's choice)", metavar="N", group=_DATA),
+    "coreml_precision": Flag("compute precision of the Core ML ML Program (default: %(default)s)", choices=("fp16", "fp32"), group=_FORMATS),
+    "coreml_input": Flag("image: takes an RGB image, the normalisation built in; tensor: takes the normalised tensor like the "
+                         "other formats (default: %(default)s)", choices=("image", "tensor"), group=_FORMATS),
+    "tolerance": Flag("largest |Δ| allowed between TorchScript/ONNX and PyTorch logits, fp32 (default: %(default)s)",
+                      metavar="X", group=_FORMATS),
+    "luts": Flag("latency table to predict the latency with (repeatable; default: the shipped onnxruntime CPU table of the space, if any)",
+                 flag="--lut", metavar="FILE", group=_LATENCY),
+    "latency_rounds": Flag("rounds of 1 warm-up + 3 timed onnxruntime runs (1 thread) measured here; 0 skips it (default: %(default)s)",
+                           metavar="N", group=_LATENCY),
+})
+"""The flags of ``efnas export``, one per field of :class:`ExportConfig`."""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    d = argparse.Namespace(**_DEFAULTS)
     parser = subparsers.add_parser(
         "export",
         help="export a subnet as PyTorch, TorchScript, ONNX and Core ML, each checked, with a model card",
@@ -53,74 +97,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "      --coreml-input tensor --lut iphone12.json --out exports/l1 --force"
         ),
     )
-    source = parser.add_argument_group("what to export (exactly one of --arch, --preset, --study)")
-    parser.add_argument("--supernet", required=True, metavar="CKPT", help="supernet checkpoint, or the training run folder holding supernet.pt")
-    source.add_argument("--arch", metavar="FILE", help="architecture JSON: a bare spec, or a file with an \"arch\" field (a search's best.json, an export's arch.json)")
-    source.add_argument("--preset", metavar="NAME", help="a preset of the supernet's space, e.g. L1 (see `efnas presets`)")
-    source.add_argument("--study", metavar="NAME", help="an Optuna study: its best feasible trial (constraints <= 0) is exported")
-    source.add_argument("--storage", metavar="URL", help="Optuna storage of --study: a URL (sqlite:///runs/s/study.db, postgresql://...) or an SQLite file path")
-    parser.add_argument("--out", required=True, metavar="DIR", help="export folder; must not exist (or be empty) unless --force")
-    parser.add_argument("--force", action="store_true", help="replace an existing --out (only once the new export has succeeded)")
-    parser.add_argument("--formats", type=_formats, default=d.formats, metavar="LIST",
-                        help=f"comma-separated formats out of {', '.join(FORMATS)}, or all (default: all)")
-    data = parser.add_argument_group("calibration, evaluation and fine-tuning")
-    data.add_argument("--data", metavar="DATA", help="dataset: digits-mosaic, digits or imagefolder:PATH (default: the one the supernet was trained on, from its checkpoint)")
-    data.add_argument("--calib-batches", metavar="N", type=int, default=d.calib_batches,
-                      help="training batches for BatchNorm recalibration; 0 keeps the supernet's statistics (default: %(default)s)")
-    data.add_argument("--batch-size", metavar="N", type=int, default=d.batch_size, help="images per batch (default: %(default)s)")
-    data.add_argument("--val-samples", type=int, metavar="N",
-                      help="evaluate on a fixed subset of N validation images drawn with --seed (default: all of them)")
-    data.add_argument("--seed", metavar="N", type=int, default=d.seed,
-                      help="seed of the calibration batches, the fine-tune order, the validation subset and the check inputs (default: %(default)s)")
-    data.add_argument("--finetune-epochs", metavar="N", type=int, default=d.finetune_epochs,
-                      help="fine-tune the subnet for N epochs, distilled from the largest subnet (AdamW, cosine) (default: %(default)s)")
-    data.add_argument("--finetune-lr", metavar="LR", type=float, default=d.finetune_lr, help="peak fine-tune learning rate (default: %(default)s)")
-    data.add_argument("--finetune-steps", type=int, metavar="N", help="cap on the fine-tune steps of each epoch, for quick runs")
-    data.add_argument("--device", default=d.device, choices=("cpu", "cuda"),
-                      help="where calibration, fine-tuning and evaluation run; the checks run on the CPU (default: %(default)s)")
-    data.add_argument("--threads", metavar="N", type=int, help="torch intra-op CPU threads (default: torch's choice)")
-    fmt = parser.add_argument_group("formats and checks")
-    fmt.add_argument("--coreml-precision", default=d.coreml_precision, choices=("fp16", "fp32"),
-                     help="compute precision of the Core ML ML Program (default: %(default)s)")
-    fmt.add_argument("--coreml-input", default=d.coreml_input, choices=("image", "tensor"),
-                     help="image: takes an RGB image, the normalisation built in; tensor: takes the normalised tensor like the other formats (default: %(default)s)")
-    fmt.add_argument("--tolerance", metavar="X", type=float, default=d.tolerance,
-                     help="largest |Δ| allowed between TorchScript/ONNX and PyTorch logits, fp32 (default: %(default)s)")
-    lat = parser.add_argument_group("latency on the model card")
-    lat.add_argument("--lut", action="append", default=[], metavar="FILE",
-                     help="latency table to predict the latency with (repeatable; default: the shipped onnxruntime CPU table of the space, if any)")
-    lat.add_argument("--latency-rounds", metavar="N", type=int, default=d.latency_rounds,
-                     help="rounds of 1 warm-up + 3 timed onnxruntime runs (1 thread) measured here; 0 skips it (default: %(default)s)")
+    EXPORT_FLAGS.add_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    config = ExportConfig(
-        supernet=args.supernet,
-        out=args.out,
-        arch=args.arch,
-        preset=args.preset,
-        study=args.study,
-        storage=args.storage,
-        formats=args.formats,
-        force=args.force,
-        data=args.data,
-        calib_batches=args.calib_batches,
-        batch_size=args.batch_size,
-        val_samples=args.val_samples,
-        seed=args.seed,
-        finetune_epochs=args.finetune_epochs,
-        finetune_lr=args.finetune_lr,
-        finetune_steps=args.finetune_steps,
-        coreml_precision=args.coreml_precision,
-        coreml_input=args.coreml_input,
-        luts=tuple(args.lut),
-        latency_rounds=args.latency_rounds,
-        tolerance=args.tolerance,
-        device=args.device,
-        threads=args.threads,
-    )
+    config, _ = EXPORT_FLAGS.from_args(args)
     result = export_subnet(config, show_progress=not args.no_progress)
     print_summary(result)
     return 0

@@ -21,7 +21,7 @@ from torch import nn
 from supernet.errors import EfnasError
 from supernet.optim import distillation_loss, param_groups, warmup_cosine
 
-__all__ = ["FinetuneConfig", "FinetuneReport", "finetune"]
+__all__ = ["FinetuneConfig", "FinetuneReport", "finetune", "finetune_steps"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,17 @@ class FinetuneReport:
                 "last_loss": self.last_loss, "seconds": round(self.seconds, 2)}
 
 
+def finetune_steps(data: Any, config: FinetuneConfig) -> int:
+    """Steps of each fine-tune epoch on ``data``, or a one-line error when there is not one full batch."""
+    steps = data.num_train_batches(config.batch_size)
+    if steps == 0:
+        raise EfnasError(
+            f"dataset '{data.name}' has {data.num_train} training images, not one full batch of {config.batch_size} "
+            "to fine-tune on; lower --batch-size"
+        )
+    return steps if config.steps_per_epoch is None else min(steps, config.steps_per_epoch)
+
+
 def finetune(
     student: nn.Module,
     teacher: nn.Module,
@@ -78,11 +89,7 @@ def finetune(
     ``data`` is a :class:`supernet.data.TaskData`; epoch ``e`` uses its training batches for
     ``(seed, e)``. Returns with the student in eval mode.
     """
-    steps_per_epoch = data.num_train_batches(config.batch_size)
-    if config.steps_per_epoch is not None:
-        steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
-    if steps_per_epoch < 1:
-        raise EfnasError(f"the training set ({data.num_train} images) is too small for batch size {config.batch_size}")
+    steps_per_epoch = finetune_steps(data, config)
     total = config.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(param_groups(student, config.weight_decay), lr=config.lr)
     teacher.eval().requires_grad_(False)

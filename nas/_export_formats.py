@@ -1,8 +1,9 @@
 """Writers for the export formats, each followed by the check that the written file computes what
 the PyTorch model computes.
 
-Every writer takes the static model (eval mode), where to write, and a :class:`Reference` (a seeded
-input batch and the model's logits on it), and returns a :class:`FormatReport`. A check that fails
+Every writer in :data:`WRITERS` takes the static model (eval mode), where to write, and the
+:class:`WriteSettings` (a :class:`Reference` — a seeded input batch and the model's logits on it —,
+the preprocessing, the tolerance, ...), and returns a :class:`FormatReport`. A check that fails
 raises a one-line :class:`EfnasError`: the export stops and nothing is moved into place.
 
 All formats take the normalised tensor (``(x - mean) / std`` of RGB values in [0, 1]) except a
@@ -21,7 +22,7 @@ import json
 import logging
 import platform
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from latency_lut import ONNX_OPSET, onnx_bytes
 from supernet.errors import EfnasError
 from supernet.io import tool_version
 from supernet.model import EfficientFormer, build_model
@@ -38,13 +40,16 @@ from supernet.space import ArchSpec, load_space
 __all__ = [
     "FILES",
     "FORMATS",
-    "ONNX_OPSET",
+    "WRITERS",
     "FormatReport",
     "Preprocessing",
     "Reference",
+    "WriteSettings",
+    "Writer",
     "check_formats",
     "check_inputs",
     "fold_normalisation",
+    "load_strictly",
     "metadata_strings",
     "timm_variant",
     "write_coreml",
@@ -55,7 +60,6 @@ __all__ = [
 
 FORMATS = ("pt", "torchscript", "onnx", "coreml")
 FILES = {"pt": "model.pt", "torchscript": "model.torchscript.pt", "onnx": "model.onnx", "coreml": "model.mlpackage"}
-ONNX_OPSET = 17  # the opset the latency tables are measured with, so the exported model runs as priced
 COREML_PRECISIONS = ("fp16", "fp32")
 COREML_INPUTS = ("image", "tensor")
 _REQUIREMENTS = {"onnx": ("onnx", "onnxruntime"), "coreml": ("coremltools",)}
@@ -103,6 +107,19 @@ class Reference:
         return float((torch.as_tensor(np.asarray(logits), dtype=torch.float32) - self.logits).abs().max())
 
 
+@dataclass(frozen=True)
+class WriteSettings:
+    """What every writer is given besides the model and the folder."""
+
+    reference: Reference
+    prep: Preprocessing
+    metadata: dict[str, str]  # key/value strings stored in the files that can hold them
+    tolerance: float  # max |Δ| allowed against PyTorch (fp32)
+    seed: int  # of the Core ML checks' inputs
+    coreml_precision: str = "fp16"
+    coreml_input: str = "image"
+
+
 @dataclass
 class FormatReport:
     """What one format wrote (paths relative to the export folder) and what its check found."""
@@ -111,6 +128,15 @@ class FormatReport:
     files: list[str]
     checks: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
+
+
+def load_strictly(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> nn.Module:
+    """``model`` with ``state`` loaded strictly, or a one-line error naming ``what`` did not fit."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise EfnasError(f"{what}: {str(exc).splitlines()[0][:200]}") from None
+    return model
 
 
 def _require_close(what: str, delta: float, tolerance: float) -> None:
@@ -179,19 +205,17 @@ def _timm_check(spec: ArchSpec, state: dict[str, torch.Tensor], reference: Refer
         timm = _import("timm")
     except ImportError:
         return {"model": name, "checked": False, "reason": "timm is not installed here"}
-    model = timm.create_model(name, pretrained=False, num_classes=spec.num_classes)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise EfnasError(f"model.pt does not load strictly into timm's {name}: {str(exc).splitlines()[0][:200]}") from None
+    model = load_strictly(timm.create_model(name, pretrained=False, num_classes=spec.num_classes), state,
+                          f"model.pt does not load strictly into timm's {name}")
     with torch.no_grad():
         delta = reference.max_abs_diff(model.eval()(reference.inputs))
     return {"model": name, "checked": True, "max_abs_diff": delta}
 
 
-def write_pt(model: EfficientFormer, folder: Path, reference: Reference, tolerance: float) -> FormatReport:
+def write_pt(model: EfficientFormer, folder: Path, settings: WriteSettings) -> FormatReport:
     """``model.pt``: the state dict in timm's layout; reloaded strictly into ``build_model(spec)``
     (and into timm's class when the architecture is a published one)."""
+    reference, tolerance = settings.reference, settings.tolerance
     path = folder / FILES["pt"]
     torch.save(model.state_dict(), path)
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -215,9 +239,10 @@ def write_pt(model: EfficientFormer, folder: Path, reference: Reference, toleran
 # -- TorchScript -------------------------------------------------------------------------------
 
 
-def write_torchscript(model: EfficientFormer, folder: Path, reference: Reference, tolerance: float) -> FormatReport:
+def write_torchscript(model: EfficientFormer, folder: Path, settings: WriteSettings) -> FormatReport:
     """``model.torchscript.pt``: ``torch.jit.script`` (not a trace: no shape is baked in), reloaded
     with ``torch.jit.load`` and compared with the eager model."""
+    reference, tolerance = settings.reference, settings.tolerance
     path = folder / FILES["torchscript"]
     with _quiet():
         scripted = torch.jit.script(copy.deepcopy(model).eval())
@@ -233,31 +258,18 @@ def write_torchscript(model: EfficientFormer, folder: Path, reference: Reference
 # -- ONNX --------------------------------------------------------------------------------------
 
 
-def write_onnx(
-    model: EfficientFormer, folder: Path, reference: Reference, tolerance: float, metadata: dict[str, str]
-) -> FormatReport:
-    """``model.onnx`` (TorchScript-based exporter, fixed opset, dynamic batch), validated with
+def write_onnx(model: EfficientFormer, folder: Path, settings: WriteSettings) -> FormatReport:
+    """``model.onnx`` (the latency tables' exporter and opset, dynamic batch), validated with
     ``onnx.checker`` and run with onnxruntime on the CPU."""
     onnx = _import("onnx")
     ort = _import("onnxruntime")
+    reference, tolerance = settings.reference, settings.tolerance
     path = folder / FILES["onnx"]
     resolution = model.spec.resolution
-    buffer = io.BytesIO()
     with _quiet():
-        # The dynamo exporter is the default in torch 2.14; the TorchScript one (deprecated, still
-        # supported) is what the latency tables were measured with, and exports in about a second.
-        torch.onnx.export(
-            copy.deepcopy(model).eval(),
-            (torch.zeros(1, 3, resolution, resolution),),
-            buffer,
-            dynamo=False,
-            opset_version=ONNX_OPSET,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    proto = onnx.load_from_string(buffer.getvalue())
-    for key, value in metadata.items():
+        exported = onnx_bytes(copy.deepcopy(model), (1, 3, resolution, resolution), output_name="logits", dynamic_batch=True)
+    proto = onnx.load_from_string(exported)
+    for key, value in settings.metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.doc_string = f"EfficientFormer {model.spec.label()} exported by efficientformer-nas {tool_version()}"
@@ -332,85 +344,74 @@ def _coreml_prediction_check(
     return {"compared": True, "max_abs_diff": delta, "tolerance": tolerance, "same_top1": same_top1}
 
 
-def write_coreml(
-    model: EfficientFormer,
-    folder: Path,
-    prep: Preprocessing,
-    *,
-    precision: str,
-    input_kind: str,
-    tolerance: float,
-    seed: int,
-    metadata: dict[str, str],
-) -> FormatReport:
+def _coreml_inputs(ct: Any, model: EfficientFormer, settings: WriteSettings, checks: dict[str, Any]) -> tuple[nn.Module, list[Any]]:
+    """The model to trace and Core ML's input description; an image input gets the normalisation
+    folded in, verified in PyTorch (exact up to rounding), since Linux cannot run the package."""
+    prep = settings.prep
+    size = prep.resolution
+    shape = (1, 3, size, size)
+    if settings.coreml_input != "image":
+        return copy.deepcopy(model).eval(), [ct.TensorType(name="input", shape=shape, dtype=np.float32)]
+    folded = fold_normalisation(model, prep.std)
+    with torch.no_grad():
+        pixels = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(settings.seed))
+        shifted = pixels - torch.tensor(prep.mean).view(1, 3, 1, 1)
+        expected = model(shifted / torch.tensor(prep.std).view(1, 3, 1, 1))
+        delta = float((folded(shifted) - expected).abs().max())
+    _require_close("the model with the normalisation folded in", delta, settings.tolerance)
+    checks["normalisation_fold_max_abs_diff"] = delta
+    image = ct.ImageType(name="image", shape=shape, scale=1 / 255, bias=[-m for m in prep.mean], color_layout=ct.colorlayout.RGB)
+    return folded, [image]
+
+
+def _describe_coreml(mlmodel: Any, spec: ArchSpec, settings: WriteSettings, input_name: str) -> None:
+    """Descriptions and metadata shown by Xcode and read by apps."""
+    prep, size = settings.prep, settings.prep.resolution
+    mlmodel.short_description = f"EfficientFormer {spec.label()} ({spec.num_classes} classes), exported by efficientformer-nas"
+    mlmodel.version = tool_version()
+    mlmodel.input_description[input_name] = (
+        f"RGB image {size}x{size}; the normalisation (mean {list(prep.mean)}, std {list(prep.std)}) is built in"
+        if settings.coreml_input == "image"
+        else f"float32 (1, 3, {size}, {size}): RGB in [0, 1], normalised (x - mean) / std with mean {list(prep.mean)}, std {list(prep.std)}"
+    )
+    mlmodel.output_description["logits"] = f"class logits (1, {spec.num_classes}); class names in the metadata 'class_names'"
+    mlmodel.user_defined_metadata.update(settings.metadata)
+
+
+def write_coreml(model: EfficientFormer, folder: Path, settings: WriteSettings) -> FormatReport:
     """``model.mlpackage``: ``torch.jit.trace`` -> ``coremltools.convert`` as an ML Program (iOS 16+).
 
     The package is reopened without loading (``skip_model_load=True``, all Linux can do) and its
     spec checked: input, output, operation count and every convolution present. On macOS its
     prediction is also compared with PyTorch's.
     """
+    precision, input_kind = settings.coreml_precision, settings.coreml_input
     if precision not in COREML_PRECISIONS:
         raise EfnasError(f"--coreml-precision must be one of {', '.join(COREML_PRECISIONS)}, got {precision!r}")
     if input_kind not in COREML_INPUTS:
         raise EfnasError(f"--coreml-input must be one of {', '.join(COREML_INPUTS)}, got {input_kind!r}")
     ct = _import("coremltools")
-    spec = model.spec
-    size = spec.resolution
-    shape = (1, 3, size, size)
-    image_input = input_kind == "image"
+    spec, size, image_input = model.spec, model.spec.resolution, input_kind == "image"
     checks: dict[str, Any] = {"precision": precision, "input": input_kind, "minimum_deployment_target": "iOS16"}
-    if image_input:
-        traced_model = fold_normalisation(model, prep.std)
-        # Verify the folding in PyTorch (exact up to rounding), since Linux cannot run the package.
-        with torch.no_grad():
-            generator = torch.Generator().manual_seed(seed)
-            pixels = torch.rand(2, 3, size, size, generator=generator)
-            mean = torch.tensor(prep.mean).view(1, 3, 1, 1)
-            shifted = pixels - mean
-            expected = model(shifted / torch.tensor(prep.std).view(1, 3, 1, 1))
-            delta = float((traced_model(shifted) - expected).abs().max())
-        _require_close("the model with the normalisation folded in", delta, tolerance)
-        checks["normalisation_fold_max_abs_diff"] = delta
-        inputs = [
-            ct.ImageType(
-                name="image",
-                shape=shape,
-                scale=1 / 255,
-                bias=[-m for m in prep.mean],
-                color_layout=ct.colorlayout.RGB,
-            )
-        ]
-    else:
-        traced_model = copy.deepcopy(model).eval()
-        inputs = [ct.TensorType(name="input", shape=shape, dtype=np.float32)]
+    traced_model, inputs = _coreml_inputs(ct, model, settings, checks)
     with _quiet(), torch.no_grad():
-        traced = torch.jit.trace(traced_model, torch.zeros(shape))
         mlmodel = ct.convert(
-            traced,
+            torch.jit.trace(traced_model, torch.zeros(1, 3, size, size)),
             inputs=inputs,
             outputs=[ct.TensorType(name="logits", dtype=np.float32)],
             convert_to="mlprogram",
             compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
             minimum_deployment_target=ct.target.iOS16,
         )
-    mlmodel.short_description = f"EfficientFormer {spec.label()} ({spec.num_classes} classes), exported by efficientformer-nas"
-    mlmodel.version = tool_version()
-    mlmodel.input_description[inputs[0].name] = (
-        f"RGB image {size}x{size}; the normalisation (mean {list(prep.mean)}, std {list(prep.std)}) is built in"
-        if image_input
-        else f"float32 (1, 3, {size}, {size}): RGB in [0, 1], normalised (x - mean) / std with mean {list(prep.mean)}, std {list(prep.std)}"
-    )
-    mlmodel.output_description["logits"] = f"class logits (1, {spec.num_classes}); class names in the metadata 'class_names'"
-    mlmodel.user_defined_metadata.update(metadata)
+    _describe_coreml(mlmodel, spec, settings, inputs[0].name)
     path = folder / FILES["coreml"]
     with _quiet():
         mlmodel.save(str(path))
         reopened = ct.models.MLModel(str(path), skip_model_load=True)
-    proto = reopened.get_spec()
-    checks.update(_check_coreml_spec(proto, model, image_input))
+    checks.update(_check_coreml_spec(reopened.get_spec(), model, image_input))
     if platform.system() == "Darwin":
         with _quiet():
-            checks["prediction"] = _coreml_prediction_check(ct, path, model, prep, image_input, precision, seed)
+            checks["prediction"] = _coreml_prediction_check(ct, path, model, settings.prep, image_input, precision, settings.seed)
         compared = f"prediction vs PyTorch max |Δ| {checks['prediction']['max_abs_diff']:.1e}"
     else:
         checks["prediction"] = {"compared": False, "reason": "Core ML prediction needs macOS"}
@@ -468,3 +469,8 @@ def metadata_strings(spec: ArchSpec, prep: Preprocessing) -> dict[str, str]:
         "preprocessing": json.dumps(prep.to_dict()),
         "producer": f"efficientformer-nas {tool_version()}",
     }
+
+
+Writer = Callable[[EfficientFormer, Path, WriteSettings], FormatReport]
+# One writer per format, in the order of FORMATS (the order an export writes them).
+WRITERS: dict[str, Writer] = {"pt": write_pt, "torchscript": write_torchscript, "onnx": write_onnx, "coreml": write_coreml}

@@ -106,15 +106,15 @@ def _latency(record: dict[str, Any]) -> list[str]:
     return lines + ([""] + notes if notes else [])
 
 
-def render_model_card(record: dict[str, Any]) -> str:
-    """The Markdown model card of an export record."""
-    spec = ArchSpec.from_dict(record["arch"])
-    data = record["data"]
-    metrics = record["metrics"]
-    supernet = record["supernet"]
-    prep = record["preprocessing"]
-    prov = record["provenance"]
-    lines = [
+def _calibration_text(calib: dict[str, Any]) -> str:
+    if not calib["batches"]:
+        return "BatchNorm statistics kept as the supernet holds them (no recalibration)"
+    return f"BatchNorm statistics re-estimated on {calib['batches']} training batches of {calib['batch_size']} (seed {calib['seed']})"
+
+
+def _header(record: dict[str, Any], spec: ArchSpec) -> list[str]:
+    supernet, prov = record["supernet"], record["provenance"]
+    return [
         f"# EfficientFormer {spec.label()}",
         "",
         f"A subnet of the supernet `{supernet['path']}` (space '{supernet['space']}', fingerprint "
@@ -132,38 +132,78 @@ def render_model_card(record: dict[str, Any]) -> str:
         "```json",
         spec.to_json(),
         "```",
-        "",
-        "## Accuracy",
-        "",
     ]
+
+
+def _accuracy(record: dict[str, Any]) -> list[str]:
+    data, metrics, finetune = record["data"], record["metrics"], record.get("finetune")
     val = data["validation"]
     subset = (
         f"a fixed subset of {val['images']:,} of its {val['of']:,} validation images, seed {val['seed']}"
         if val["images"] < val["of"]
         else f"all {val['images']:,} validation images"
     )
-    calib = record["calibration"]
-    calib_text = (
-        f"BatchNorm statistics re-estimated on {calib['batches']} training batches of {calib['batch_size']} (seed {calib['seed']})"
-        if calib["batches"]
-        else "BatchNorm statistics kept as the supernet holds them (no recalibration)"
-    )
-    lines += [
+    lines = [
         f"Validation top-1 on '{data['name']}' ({subset}):",
         "",
         "| model | top-1 |",
         "|---|---|",
-        f"| weights inherited from the supernet, {calib_text} | {_percent(metrics['val_top1_inherited'])} |",
+        f"| weights inherited from the supernet, {_calibration_text(record['calibration'])} | {_percent(metrics['val_top1_inherited'])} |",
     ]
-    finetune = record.get("finetune")
     if finetune:
         lines.append(
             f"| after fine-tuning {finetune['epochs']} epoch(s), {finetune['steps']} steps, distilled from the "
             f"largest subnet (AdamW lr {finetune['lr']:g}, cosine) | {_percent(metrics['val_top1'])} |"
         )
-    lines += [
+    return lines + ["", "The exported weights are those of the last row."]
+
+
+def _preprocessing(record: dict[str, Any]) -> list[str]:
+    prep, names = record["preprocessing"], record["class_names"]
+    lines = [
+        f"RGB at {prep['resolution']}×{prep['resolution']}, values in [0, 1], then `(x - mean) / std` per channel with "
+        f"mean {prep['mean']} and std {prep['std']}. `model.pt`, TorchScript and ONNX take this normalised tensor "
+        "(`input`, shape (batch, 3, H, W)) and return `logits`.",
+    ]
+    coreml = record["formats"].get("coreml")
+    if coreml and coreml["checks"]["input"] == "image":
+        lines.append(
+            "The Core ML package takes the image itself (`image`): its input subtracts the mean "
+            "(per-channel bias, scale 1/255) and the first convolution's weights are divided by the std, "
+            "which is exact because that convolution pads with zeros."
+        )
+    elif coreml:
+        lines.append("The Core ML package takes the normalised tensor (`input`), like the other formats.")
+    shown = ", ".join(names[:12]) + (" …" if len(names) > 12 else "")
+    return lines + [f"Class names ({len(names)}): {shown} (all of them are in `arch.json`)."]
+
+
+def _how_it_was_made(record: dict[str, Any]) -> list[str]:
+    supernet, data, prov = record["supernet"], record["data"], record["provenance"]
+    return [
+        f"- command: `{prov['command']}`",
+        f"- supernet checkpoint: `{supernet['path']}`, sha256 `{supernet['sha256']}`, step {supernet['step']} of "
+        f"{supernet['total_steps']}{'' if supernet['finished'] else ' (training not finished)'}",
+        f"- data: '{data['name']}' (split seed {data['split_seed']}), {data['num_train']:,} training and "
+        f"{data['num_val']:,} validation images",
+        f"- seed {record['config']['seed']}; {_calibration_text(record['calibration'])}",
+        f"- fine-tuning: {_finetune_line(record.get('finetune'))}",
+        f"- machine: {prov['machine']['cpu']} ({prov['machine']['cores']} cores), {prov['machine']['platform']}",
+        "- versions: " + ", ".join(f"{name} {version}" for name, version in prov["versions"].items()),
+        f"- export took {record['seconds']['total']:.1f} s",
+    ]
+
+
+def render_model_card(record: dict[str, Any]) -> str:
+    """The Markdown model card of an export record."""
+    spec = ArchSpec.from_dict(record["arch"])
+    files = [f"| `{item['name']}` | {human_size(item['size'])} | {_cell(item['check'])} |" for item in record["files"]]
+    lines = [
+        *_header(record, spec),
         "",
-        "The exported weights are those of the last row.",
+        "## Accuracy",
+        "",
+        *_accuracy(record),
         "",
         "## Latency",
         "",
@@ -173,44 +213,15 @@ def render_model_card(record: dict[str, Any]) -> str:
         "",
         "| file | size | check |",
         "|---|---|---|",
-    ]
-    for item in record["files"]:
-        lines.append(f"| `{item['name']}` | {human_size(item['size'])} | {_cell(item['check'])} |")
-    lines += [
+        *files,
         "",
         "## Preprocessing",
         "",
-        f"RGB at {prep['resolution']}×{prep['resolution']}, values in [0, 1], then `(x - mean) / std` per channel with "
-        f"mean {prep['mean']} and std {prep['std']}. `model.pt`, TorchScript and ONNX take this normalised tensor "
-        "(`input`, shape (batch, 3, H, W)) and return `logits`.",
-    ]
-    coreml = record["formats"].get("coreml")
-    if coreml:
-        if coreml["checks"]["input"] == "image":
-            lines.append(
-                "The Core ML package takes the image itself (`image`): its input subtracts the mean "
-                "(per-channel bias, scale 1/255) and the first convolution's weights are divided by the std, "
-                "which is exact because that convolution pads with zeros."
-            )
-        else:
-            lines.append("The Core ML package takes the normalised tensor (`input`), like the other formats.")
-    lines += [
-        f"Class names ({len(record['class_names'])}): {', '.join(record['class_names'][:12])}"
-        + (" …" if len(record["class_names"]) > 12 else "")
-        + " (all of them are in `arch.json`).",
+        *_preprocessing(record),
         "",
         "## How it was made",
         "",
-        f"- command: `{prov['command']}`",
-        f"- supernet checkpoint: `{supernet['path']}`, sha256 `{supernet['sha256']}`, step {supernet['step']} of "
-        f"{supernet['total_steps']}{'' if supernet['finished'] else ' (training not finished)'}",
-        f"- data: '{data['name']}' (split seed {data['split_seed']}), {data['num_train']:,} training and "
-        f"{data['num_val']:,} validation images",
-        f"- seed {record['config']['seed']}; {calib_text}",
-        f"- fine-tuning: {_finetune_line(finetune)}",
-        f"- machine: {prov['machine']['cpu']} ({prov['machine']['cores']} cores), {prov['machine']['platform']}",
-        "- versions: " + ", ".join(f"{name} {version}" for name, version in prov["versions"].items()),
-        f"- export took {record['seconds']['total']:.1f} s",
+        *_how_it_was_made(record),
         "",
     ]
     return "\n".join(lines)

@@ -28,15 +28,6 @@ def blocks_choice(depth: int, num_meta3d: int) -> str:
     return f"{depth}:{num_meta3d}"
 
 
-def _last_stage_pairs(space: SearchSpace) -> list[str]:
-    last = space.stages[-1]
-    return [
-        blocks_choice(depth, meta3d)
-        for depth in last.depths
-        for meta3d in range(space.meta3d_min, min(space.meta3d_max, depth) + 1)
-    ]
-
-
 def search_distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
     """The Optuna distributions of ``space``, in the order they are suggested."""
     n = space.num_stages
@@ -46,7 +37,7 @@ def search_distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
         if i < n:
             distributions[f"depth_{i}"] = IntDistribution(stage.depth_min, stage.depth_max)
         else:
-            distributions[f"blocks_{i}"] = CategoricalDistribution(_last_stage_pairs(space))
+            distributions[f"blocks_{i}"] = CategoricalDistribution([blocks_choice(d, m) for d, m in space.last_stage_choices()])
         distributions[f"mlp_ratio_{i}"] = CategoricalDistribution(stage.mlp_ratios)
     return distributions
 

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import textwrap
 from pathlib import Path
 
 import optuna
 from rich.table import Table
 
-from nas.budget import budget_requests
-from nas.evaluator import EvalConfig
+from nas.batch import EXAMPLE_FILE, load_batch, run_batch, summary_table
+from nas.budget import BudgetRequest, budget_requests
 from nas.results import results_table
 from nas.study import DEFAULT_TRIALS, STRATEGIES, SearchConfig, SearchResult, run_search
 from supernet.cli import DocFormatter
+from supernet.cliconfig import ConfigFlags, Custom, Flag
 from supernet.io import console
 
-__all__ = ["print_result", "register_batch", "register_search"]
-
-_D = SearchConfig()
-_E = EvalConfig()
+__all__ = ["SEARCH_FLAGS", "print_result", "register_batch", "register_search"]
 
 SEARCH_DESCRIPTION = """\
 Search a trained supernet for the most accurate architecture under one or more latency budgets.
@@ -75,6 +74,50 @@ def _milliseconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected milliseconds as a number, got {text!r}") from None
 
 
+def _add_budget_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lut", action="append", default=[], metavar="FILE", help="latency table; repeat for several devices (default: the shipped one)")
+    parser.add_argument("--budget", action=_BudgetAction, metavar="PRESET", help="budget: this preset's own predicted latency on the table (L1, L3, L7)")
+    parser.add_argument("--budget-ms", action=_BudgetAction, type=_milliseconds, metavar="MS", help="budget in milliseconds of predicted latency")
+    parser.set_defaults(budget_items=None)
+
+
+def _budget_argv(budgets: tuple[BudgetRequest, ...]) -> list[str]:
+    argv: list[str] = []
+    for budget in budgets:
+        argv += ["--lut", budget.lut] if budget.lut is not None else []
+        argv += ["--budget", budget.preset] if budget.preset is not None else ["--budget-ms", repr(budget.ms)]
+    return argv
+
+
+_BUDGETS = Custom(
+    flags="--budget",
+    add=_add_budget_flags,
+    read=lambda args: budget_requests(args.lut, args.budget_items or []),
+    argv=_budget_argv,
+)
+
+SEARCH_FLAGS = ConfigFlags(SearchConfig, {
+    "supernet": Flag("supernet checkpoint or training run folder (default: %(default)s)"),
+    "budgets": _BUDGETS,
+    "strategy": Flag("search strategy (default: %(default)s)", choices=STRATEGIES),
+    "trials": Flag(f"architectures to evaluate, study-wide (default: {DEFAULT_TRIALS}; slimming: until it ends)"),
+    "seed": Flag("sampler seed (default: %(default)s)"),
+    "out": Flag("run folder for the study database and the results (default: %(default)s)"),
+    "storage": Flag("Optuna storage URL (sqlite:///..., postgresql://...) or an SQLite file (default: OUT/study.db)"),
+    "study": Flag("study name (default: the run folder's name)"),
+    "data": Flag("dataset argument (default: the one the supernet was trained on)"),
+    "calib_batches": Flag("training batches for the BatchNorm recalibration (default: %(default)s)"),
+    "batch_size": Flag("batch size of calibration and validation (default: %(default)s)"),
+    "val_subset": Flag("score on this many validation images (a fixed, seeded subset; default: all)"),
+    "eval_seed": Flag("seed of the calibration batches and the validation subset (default: %(default)s)"),
+    "population": Flag("NSGA-II population size (default: %(default)s)"),
+    "device": Flag("where to evaluate (default: %(default)s)", choices=("cpu", "cuda", "auto")),
+    "threads": Flag("intra-op CPU threads (default: torch's choice)"),
+    "top": Flag("rows of the results table (default: %(default)s)"),
+})
+"""The flags of ``efnas search``, one per field of :class:`SearchConfig`."""
+
+
 def register_search(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "search",
@@ -83,50 +126,14 @@ def register_search(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=DocFormatter,
         epilog=SEARCH_EXAMPLES,
     )
-    parser.add_argument("--supernet", default=_D.supernet, help="supernet checkpoint or training run folder (default: %(default)s)")
-    parser.add_argument("--lut", action="append", default=[], metavar="FILE", help="latency table; repeat for several devices (default: the shipped one)")
-    parser.add_argument("--budget", action=_BudgetAction, metavar="PRESET", help="budget: this preset's own predicted latency on the table (L1, L3, L7)")
-    parser.add_argument("--budget-ms", action=_BudgetAction, type=_milliseconds, metavar="MS", help="budget in milliseconds of predicted latency")
-    parser.add_argument("--strategy", default=_D.strategy, choices=STRATEGIES, help="search strategy (default: %(default)s)")
-    parser.add_argument("--trials", type=int, help=f"architectures to evaluate, study-wide (default: {DEFAULT_TRIALS}; slimming: until it ends)")
-    parser.add_argument("--seed", type=int, default=_D.seed, help="sampler seed (default: %(default)s)")
-    parser.add_argument("--out", default=_D.out, help="run folder for the study database and the results (default: %(default)s)")
-    parser.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://...) or an SQLite file (default: OUT/study.db)")
-    parser.add_argument("--study", help="study name (default: the run folder's name)")
-    parser.add_argument("--data", help="dataset argument (default: the one the supernet was trained on)")
-    parser.add_argument("--calib-batches", type=int, default=_E.calib_batches, help="training batches for the BatchNorm recalibration (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=_E.batch_size, help="batch size of calibration and validation (default: %(default)s)")
-    parser.add_argument("--val-subset", type=int, help="score on this many validation images (a fixed, seeded subset; default: all)")
-    parser.add_argument("--eval-seed", type=int, default=_E.seed, help="seed of the calibration batches and the validation subset (default: %(default)s)")
-    parser.add_argument("--population", type=int, default=_D.population, help="NSGA-II population size (default: %(default)s)")
-    parser.add_argument("--device", default=_D.device, choices=("cpu", "cuda", "auto"), help="where to evaluate (default: %(default)s)")
-    parser.add_argument("--threads", type=int, help="intra-op CPU threads (default: torch's choice)")
-    parser.add_argument("--top", type=int, default=_D.top, help="rows of the results table (default: %(default)s)")
+    SEARCH_FLAGS.add_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_run_search, budget_items=None)
+    parser.set_defaults(func=_run_search)
 
 
 def _run_search(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(logging.WARNING)
-    config = SearchConfig(
-        supernet=args.supernet,
-        budgets=budget_requests(args.lut, args.budget_items or []),
-        strategy=args.strategy,
-        trials=args.trials,
-        seed=args.seed,
-        out=args.out,
-        storage=args.storage,
-        study=args.study,
-        data=args.data,
-        calib_batches=args.calib_batches,
-        batch_size=args.batch_size,
-        val_subset=args.val_subset,
-        eval_seed=args.eval_seed,
-        population=args.population,
-        device=args.device,
-        threads=args.threads,
-        top=args.top,
-    )
+    config, _ = SEARCH_FLAGS.from_args(args)
     print_result(run_search(config, show_progress=not args.no_progress), top=config.top)
     return 0
 
@@ -175,19 +182,7 @@ examples:
   efnas batch examples/regenerate_l1_l3_l7.toml --only L3-slimming
 
 file format:
-  out = "runs/sweep"
-  [defaults]
-  supernet = "runs/supernet"
-  strategy = "tpe"
-  trials = 60
-  [[search]]
-  name = "l1"
-  budget = "L1"
-  [[search]]
-  name = "cpu-and-phone"
-  lut = ["cpu.json", "iphone12.json"]
-  budget = [2.0, 1.6]
-"""
+""" + textwrap.indent(EXAMPLE_FILE, "  ")
 
 
 def register_batch(subparsers: argparse._SubParsersAction) -> None:
@@ -205,8 +200,6 @@ def register_batch(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    from nas.batch import load_batch, run_batch, summary_table
-
     optuna.logging.set_verbosity(logging.WARNING)
     batch = load_batch(args.file)
     rows = run_batch(batch, only=args.only, show_progress=not args.no_progress)

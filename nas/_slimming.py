@@ -64,18 +64,10 @@ class SlimmingStep:
         }
 
 
-def _with(space: SearchSpace, spec: ArchSpec, *, stage: int, width: int | None = None, depth: int | None = None,
-          ratio: int | None = None, meta3d: int | None = None) -> ArchSpec | None:
-    """``spec`` with one stage (and the Meta3D count) changed, or None if that leaves the space."""
-    widths, depths, ratios = list(spec.widths), list(spec.depths), list(spec.mlp_ratios)
-    if width is not None:
-        widths[stage] = width
-    if depth is not None:
-        depths[stage] = depth
-    if ratio is not None:
-        ratios[stage] = ratio
+def _edit(space: SearchSpace, spec: ArchSpec, **changes: Any) -> ArchSpec | None:
+    """:meth:`SearchSpace.edit`, or None where the edit leaves the space (no such action)."""
     try:
-        return space.spec(widths, depths, spec.num_meta3d if meta3d is None else meta3d, ratios)
+        return space.edit(spec, **changes)
     except EfnasError:
         return None
 
@@ -98,17 +90,17 @@ def slim_actions(space: SearchSpace, spec: ArchSpec) -> list[Action]:
     for s, stage in enumerate(space.stages):
         depth = spec.depths[s]
         meta3d = min(spec.num_meta3d, depth - 1) if s == last else None
-        candidate = _with(space, spec, stage=s, depth=depth - 1, meta3d=meta3d)
+        candidate = _edit(space, spec, stage=s, depth=depth - 1, num_meta3d=meta3d)
         if candidate is not None:
             kind = " (Meta3D)" if s == last and spec.num_meta3d == depth else ""
             actions.append(Action(f"drop a block{kind} of stage {s + 1} ({depth} -> {depth - 1})", candidate, s))
         width = _neighbour(stage.widths, spec.widths[s], -1)
-        if width is not None and (candidate := _with(space, spec, stage=s, width=width)) is not None:
+        if width is not None and (candidate := _edit(space, spec, stage=s, width=width)) is not None:
             actions.append(Action(f"narrow stage {s + 1} to {width}", candidate, s))
         ratio = _neighbour(stage.mlp_ratios, spec.mlp_ratios[s], -1)
-        if ratio is not None and (candidate := _with(space, spec, stage=s, ratio=ratio)) is not None:
+        if ratio is not None and (candidate := _edit(space, spec, stage=s, mlp_ratio=ratio)) is not None:
             actions.append(Action(f"lower the MLP ratio of stage {s + 1} to {ratio}", candidate, s))
-    candidate = _with(space, spec, stage=last, meta3d=spec.num_meta3d - 1)
+    candidate = _edit(space, spec, stage=last, num_meta3d=spec.num_meta3d - 1)
     if candidate is not None:
         actions.append(Action(f"turn a Meta3D block into Meta4D ({spec.num_meta3d} -> {spec.num_meta3d - 1} Meta3D)", candidate, last))
     return actions
@@ -120,19 +112,19 @@ def grow_actions(space: SearchSpace, spec: ArchSpec) -> list[Action]:
     last = space.num_stages - 1
     for s, stage in enumerate(space.stages):
         depth = spec.depths[s]
-        candidate = _with(space, spec, stage=s, depth=depth + 1)
+        candidate = _edit(space, spec, stage=s, depth=depth + 1)
         if candidate is not None:
             kind = " (Meta4D)" if s == last else ""
             actions.append(Action(f"add a block{kind} to stage {s + 1} ({depth} -> {depth + 1})", candidate, s))
-        if s == last and (candidate := _with(space, spec, stage=s, depth=depth + 1, meta3d=spec.num_meta3d + 1)) is not None:
+        if s == last and (candidate := _edit(space, spec, stage=s, depth=depth + 1, num_meta3d=spec.num_meta3d + 1)) is not None:
             actions.append(Action(f"add a block (Meta3D) to stage {s + 1} ({depth} -> {depth + 1})", candidate, s))
         width = _neighbour(stage.widths, spec.widths[s], +1)
-        if width is not None and (candidate := _with(space, spec, stage=s, width=width)) is not None:
+        if width is not None and (candidate := _edit(space, spec, stage=s, width=width)) is not None:
             actions.append(Action(f"widen stage {s + 1} to {width}", candidate, s))
         ratio = _neighbour(stage.mlp_ratios, spec.mlp_ratios[s], +1)
-        if ratio is not None and (candidate := _with(space, spec, stage=s, ratio=ratio)) is not None:
+        if ratio is not None and (candidate := _edit(space, spec, stage=s, mlp_ratio=ratio)) is not None:
             actions.append(Action(f"raise the MLP ratio of stage {s + 1} to {ratio}", candidate, s))
-    candidate = _with(space, spec, stage=last, meta3d=spec.num_meta3d + 1)
+    candidate = _edit(space, spec, stage=last, num_meta3d=spec.num_meta3d + 1)
     if candidate is not None:
         actions.append(Action(f"turn a Meta4D block into Meta3D ({spec.num_meta3d} -> {spec.num_meta3d + 1} Meta3D)", candidate, last))
     return actions
@@ -145,8 +137,8 @@ def combine(space: SearchSpace, base: ArchSpec, actions: Sequence[Action]) -> Ar
     combined: ArchSpec | None = base
     for action in actions:
         s, edited = action.stage, action.spec
-        combined = _with(space, combined, stage=s, width=edited.widths[s], depth=edited.depths[s], ratio=edited.mlp_ratios[s],
-                         meta3d=edited.num_meta3d if s == last else None)
+        combined = _edit(space, combined, stage=s, width=edited.widths[s], depth=edited.depths[s], mlp_ratio=edited.mlp_ratios[s],
+                         num_meta3d=edited.num_meta3d if s == last else None)
         if combined is None:
             return None
     return combined
@@ -171,77 +163,111 @@ def slimming(
     Latency saved and spent is measured relative to each budget and summed over the tables (over the
     violated ones while slimming), so with one table it is proportional to milliseconds.
     """
-
-    def violated(costs: dict[str, float]) -> list[str]:
-        return [name for name, limit in limits.items() if costs[name] > limit]
-
-    def relative(before: dict[str, float], after: dict[str, float], names: Sequence[str]) -> float:
-        return sum((before[n] - after[n]) / limits[n] for n in names)
-
+    run = _Run(space, latency, limits, scores, on_step)
     current = space.largest()
     costs = latency(current)
     accuracy = scores([(current, {"phase": "start", "step": 0, "action": "largest architecture"})])[current]
-    path = [SlimmingStep("start", 0, "largest architecture", current, accuracy, costs, 1)]
-    on_step(path[-1])
+    path = [run.record(SlimmingStep("start", 0, "largest architecture", current, accuracy, costs, 1))]
+    path += run.slim(path[-1])
+    if run.violated(path[-1].latency_ms):
+        return path
+    return path + run.grow(path[-1])
 
-    step = 0
-    while names := violated(costs):
-        step += 1
-        actions = [(a, latency(a.spec)) for a in slim_actions(space, current)]
-        actions = [(a, c) for a, c in actions if relative(costs, c, names) > 0]
-        if not actions:
-            break
-        got = scores([(a.spec, {"phase": "slim", "step": step, "action": a.description}) for a, _ in actions])
 
-        def slim_rank(item: tuple[int, tuple[Action, dict[str, float]]]) -> tuple[float, float, int]:
+Candidates = list[tuple[Action, dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every step of one slimming needs."""
+
+    space: SearchSpace
+    latency: Latency
+    limits: dict[str, float]
+    scores: Scores
+    on_step: Callable[[SlimmingStep], None]
+
+    def violated(self, costs: dict[str, float]) -> list[str]:
+        return [name for name, limit in self.limits.items() if costs[name] > limit]
+
+    def relative(self, before: dict[str, float], after: dict[str, float], names: Sequence[str]) -> float:
+        return sum((before[n] - after[n]) / self.limits[n] for n in names)
+
+    def record(self, step: SlimmingStep) -> SlimmingStep:
+        self.on_step(step)
+        return step
+
+    def evaluate(self, actions: list[Action], keep: Callable[[dict[str, float]], bool], phase: str,
+                 step: int) -> tuple[Candidates, dict[ArchSpec, float]]:
+        """The actions whose latency ``keep`` accepts, with their latencies, and their scores."""
+        priced = [(a, c) for a in actions if keep(c := self.latency(a.spec))]
+        if not priced:
+            return [], {}
+        return priced, self.scores([(a.spec, {"phase": phase, "step": step, "action": a.description}) for a, _ in priced])
+
+    def slim(self, last: SlimmingStep) -> list[SlimmingStep]:
+        steps: list[SlimmingStep] = []
+        step = 0
+        while names := self.violated(last.latency_ms):
+            step += 1
+            actions, got = self.evaluate(
+                slim_actions(self.space, last.spec), lambda after: self.relative(last.latency_ms, after, names) > 0, "slim", step
+            )
+            if not actions:
+                break
+            chosen = self.slim_choice(last, names, actions, got)
+            combined = combine(self.space, last.spec, [a for a, _ in chosen]) if len(chosen) > 1 else None
+            if combined is not None:
+                description = " + ".join(a.description for a, _ in chosen)
+                costs = self.latency(combined)
+                accuracy = self.scores([(combined, {"phase": "slim", "step": step, "action": description})])[combined]
+                last = SlimmingStep("slim", step, description, combined, accuracy, costs, len(actions) + 1)
+            else:
+                action, after = chosen[0]
+                last = SlimmingStep("slim", step, action.description, action.spec, got[action.spec], after, len(actions))
+            steps.append(self.record(last))
+        return steps
+
+    def slim_choice(self, last: SlimmingStep, names: list[str], actions: Candidates, got: dict[ArchSpec, float]) -> Candidates:
+        """The best action (least accuracy lost per latency saved), plus next-best actions of other
+        stages from the better half of the ranking while their summed saving stays within the excess."""
+        costs = last.latency_ms
+
+        def rank(item: tuple[int, tuple[Action, dict[str, float]]]) -> tuple[float, float, int]:
             index, (action, after) = item
-            saved = relative(costs, after, names)
-            return ((accuracy - got[action.spec]) / saved, -saved, index)
+            saved = self.relative(costs, after, names)
+            return ((last.accuracy - got[action.spec]) / saved, -saved, index)
 
-        ranked = [item[1] for item in sorted(enumerate(actions), key=slim_rank)]
+        ranked = [item[1] for item in sorted(enumerate(actions), key=rank)]
         chosen = [ranked[0]]
-        excess = sum((costs[n] - limits[n]) / limits[n] for n in names)
-        saved = relative(costs, ranked[0][1], names)
+        excess = sum((costs[n] - self.limits[n]) / self.limits[n] for n in names)
+        saved = self.relative(costs, ranked[0][1], names)
         for action, after in ranked[1 : len(ranked) // 2]:
-            more = relative(costs, after, names)
+            more = self.relative(costs, after, names)
             if action.stage not in {a.stage for a, _ in chosen} and saved + more <= excess:
                 chosen.append((action, after))
                 saved += more
-        combined = combine(space, current, [a for a, _ in chosen]) if len(chosen) > 1 else None
-        if combined is not None:
-            description = " + ".join(a.description for a, _ in chosen)
-            costs = latency(combined)
-            accuracy = scores([(combined, {"phase": "slim", "step": step, "action": description})])[combined]
-            current = combined
-        else:
-            action, after = chosen[0]
-            description = action.description
-            current, costs, accuracy = action.spec, after, got[action.spec]
-        path.append(SlimmingStep("slim", step, description, current, accuracy, costs, len(actions) + (combined is not None)))
-        on_step(path[-1])
+        return chosen
 
-    if violated(costs):
-        return path
-    step = 0
-    while True:
-        step += 1
-        actions = [(a, latency(a.spec)) for a in grow_actions(space, current)]
-        actions = [(a, c) for a, c in actions if not violated(c)]
-        if not actions:
-            break
-        got = scores([(a.spec, {"phase": "grow", "step": step, "action": a.description}) for a, _ in actions])
-        better = [(i, a, c) for i, (a, c) in enumerate(actions) if got[a.spec] > accuracy]
-        if not better:
-            break
+    def grow(self, last: SlimmingStep) -> list[SlimmingStep]:
+        steps: list[SlimmingStep] = []
+        step = 0
+        while True:
+            step += 1
+            actions, got = self.evaluate(
+                grow_actions(self.space, last.spec), lambda after: not self.violated(after), "grow", step
+            )
+            better = [(i, a, c) for i, (a, c) in enumerate(actions) if got[a.spec] > last.accuracy]
+            if not better:
+                break
+            _, action, after = max(better, key=lambda item: self.grow_rank(last, got, *item))
+            last = SlimmingStep("grow", step, action.description, action.spec, got[action.spec], after, len(actions))
+            steps.append(self.record(last))
+        return steps
 
-        def grow_rank(item: tuple[int, Action, dict[str, float]]) -> tuple[float, float, int]:
-            index, action, after = item
-            gained = got[action.spec] - accuracy
-            spent = -relative(costs, after, list(limits))
-            return (gained / spent if spent > 0 else math.inf, gained, -index)
-
-        _, action, after = max(better, key=grow_rank)
-        current, costs, accuracy = action.spec, after, got[action.spec]
-        path.append(SlimmingStep("grow", step, action.description, current, accuracy, costs, len(actions)))
-        on_step(path[-1])
-    return path
+    def grow_rank(self, last: SlimmingStep, got: dict[ArchSpec, float], index: int, action: Action,
+                  after: dict[str, float]) -> tuple[float, float, int]:
+        """Most accuracy gained per latency spent, then the larger gain, then the earlier action."""
+        gained = got[action.spec] - last.accuracy
+        spent = -self.relative(last.latency_ms, after, list(self.limits))
+        return (gained / spent if spent > 0 else math.inf, gained, -index)

@@ -1,30 +1,15 @@
 """Batch searches: many searches described in one TOML file, run (or continued) in one command.
 
-::
-
-    out = "runs/sweep"            # batch folder (default: runs/<file name>)
-
-    [defaults]                    # shared by every search unless it sets the key itself
-    supernet = "runs/supernet"
-    strategy = "tpe"
-    trials = 60
-
-    [[search]]
-    name = "l1"                   # folder OUT/l1/, and the study name
-    budget = "L1"                 # a preset name, or milliseconds: budget = 2.5
-
-    [[search]]
-    name = "cpu-and-phone"
-    lut = ["cpu.json", "iphone12.json"]
-    budget = [2.0, 1.6]           # pairs up with lut in order
-
-Every other key is a setting of :class:`nas.study.SearchConfig` (as on the command line, with
-underscores). Each search resumes its own study, so a batch run again does only what is left.
+The file format is :data:`EXAMPLE_FILE` (also in ``efnas batch --help``). Every other key is a
+setting of :class:`nas.study.SearchConfig` (as on the command line, with underscores), checked
+by SearchConfig itself. Each search resumes its own study, so a batch run again does only what is
+left.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import re
 import tomllib
@@ -35,38 +20,39 @@ from typing import Any
 
 from rich.table import Table
 
-from nas.budget import budget_requests
+from nas.budget import budget_requests, parse_budget
 from nas.evaluator import Evaluator
-from nas.study import STRATEGIES, SearchConfig, SearchResult, load_evaluator, run_search
-from supernet.errors import EfnasError, read_user_file
+from nas.study import SearchConfig, SearchResult, load_evaluator, run_search
+from supernet.cliconfig import check_type
+from supernet.errors import ConfigError, EfnasError, read_user_file
 from supernet.io import atomic_write_json, atomic_write_text, console, provenance
 
-__all__ = ["Batch", "BatchEntry", "BatchRow", "load_batch", "run_batch", "summary_table"]
+__all__ = ["EXAMPLE_FILE", "Batch", "BatchEntry", "BatchRow", "load_batch", "run_batch", "summary_table"]
+
+EXAMPLE_FILE = """\
+out = "runs/sweep"            # batch folder (default: runs/<file name>)
+
+[defaults]                    # shared by every search unless it sets the key itself
+supernet = "runs/supernet"
+strategy = "tpe"
+trials = 60
+
+[[search]]
+name = "l1"                   # folder OUT/l1/, and the study name
+budget = "L1"                 # a preset name, or milliseconds: budget = 2.5
+
+[[search]]
+name = "cpu-and-phone"
+lut = ["cpu.json", "iphone12.json"]
+budget = [2.0, 1.6]           # pairs up with lut in order
+"""
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_INT = "an integer"
-_STRING = "a string"
-
-# key -> (what it must be, lowest allowed value for integers)
-_SETTINGS: dict[str, tuple[str, int | None]] = {
-    "supernet": (_STRING, None),
-    "lut": ("a file name or a list of them", None),
-    "budget": ("a preset name, milliseconds, or a list of them", None),
-    "strategy": (_STRING, None),
-    "trials": (_INT, 1),
-    "seed": (_INT, 0),
-    "storage": (_STRING, None),
-    "data": (_STRING, None),
-    "calib_batches": (_INT, 1),
-    "batch_size": (_INT, 1),
-    "val_subset": (_INT, 1),
-    "eval_seed": (_INT, 0),
-    "population": (_INT, 2),
-    "device": (_STRING, None),
-    "threads": (_INT, 1),
-    "top": (_INT, 1),
-}
-_SEARCH_ONLY = {"name": (_STRING, None), "study": (_STRING, None)}
+# Every field of SearchConfig is a key, except those the batch sets itself (out, from the file's
+# out and the search's name) and budgets, which a batch file writes as lut and budget.
+_BUDGET_KEYS = {"lut": "a file name or a list of them", "budget": "a preset name, milliseconds, or a list of them"}
+_SETTINGS = sorted({f.name for f in dataclasses.fields(SearchConfig)} - {"budgets", "out", "study"} | set(_BUDGET_KEYS))
+_SEARCH_ONLY = ["name", "study"]
 _TOP_LEVEL = ("out", "defaults", "search")
 
 
@@ -105,38 +91,39 @@ class BatchRow:
         return dict(self.__dict__)
 
 
-def _check_value(where: str, key: str, value: Any, kind: str, lowest: int | None) -> None:
-    def fail() -> None:
-        raise EfnasError(f"{where}: key '{key}' must be {kind}, got {value!r}")
-
-    if kind == _INT:
-        if not isinstance(value, int) or isinstance(value, bool):
-            fail()
-        if lowest is not None and value < lowest:
-            raise EfnasError(f"{where}: key '{key}' must be at least {lowest}, got {value}")
-    elif kind == _STRING:
-        if not isinstance(value, str) or not value:
-            fail()
-    elif key == "lut":
-        items = value if isinstance(value, list) else [value]
-        if not items or not all(isinstance(item, str) and item for item in items):
-            fail()
-    elif key == "budget":
-        items = value if isinstance(value, list) else [value]
-        if not items or not all(
-            (isinstance(item, str) and item) or (isinstance(item, (int, float)) and not isinstance(item, bool) and item > 0)
-            for item in items
-        ):
-            fail()
+def _check_value(key: str, value: Any) -> None:
+    """Raise :class:`ConfigError` unless ``value`` fits ``key``: SearchConfig's type for its fields
+    (its bounds SearchConfig checks itself), a table or a budget, or a list of them, for lut and budget."""
+    if key not in _BUDGET_KEYS:
+        check_type(SearchConfig, "study" if key == "name" else key, value)
+        return
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(_valid_item(key, item) for item in items):
+        raise ConfigError(key, f"must be {_BUDGET_KEYS[key]}, got {value!r}")
 
 
-def _check_table(where: str, table: Any, allowed: dict[str, tuple[str, int | None]]) -> dict[str, Any]:
+def _valid_item(key: str, item: Any) -> bool:
+    if not isinstance(item, (str, int, float)) or item == "":
+        return False
+    if key == "lut":
+        return isinstance(item, str)
+    try:
+        parse_budget(item)
+    except EfnasError:
+        return False
+    return True
+
+
+def _check_table(where: str, table: Any, allowed: list[str]) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise EfnasError(f"{where} must be a table")
     for key, value in table.items():
         if key not in allowed:
             raise EfnasError(f"{where}: unknown key '{key}'; known keys are {', '.join(sorted(allowed))}")
-        _check_value(where, key, value, *allowed[key])
+        try:
+            _check_value(key, value)
+        except ConfigError as exc:
+            raise EfnasError(f"{where}: key '{key}' {exc.problem}") from None
     return table
 
 
@@ -170,7 +157,7 @@ def load_batch(path: str | Path) -> Batch:
         where = f"{path}: [[search]] #{number}"
         if isinstance(raw, dict) and isinstance(raw.get("name"), str):
             where += f" ('{raw['name']}')"
-        table = _check_table(where, raw, {**_SETTINGS, **_SEARCH_ONLY})
+        table = _check_table(where, raw, [*_SETTINGS, *_SEARCH_ONLY])
         name = table.get("name")
         if name is None:
             raise EfnasError(f"{where}: missing key 'name'")
@@ -181,16 +168,21 @@ def load_batch(path: str | Path) -> Batch:
         settings = {**defaults, **table}
         if "budget" not in settings:
             raise EfnasError(f"{where}: missing key 'budget' (a preset name like \"L1\" or milliseconds), here or in [defaults]")
-        if settings.get("strategy", "tpe") not in STRATEGIES:
-            raise EfnasError(f"{where}: key 'strategy' must be one of {', '.join(STRATEGIES)}, got {settings['strategy']!r}")
-        try:
-            requests = budget_requests(_as_list(settings.pop("lut", None)), _as_list(settings.pop("budget")))
-            settings.pop("name")
-            config = SearchConfig(budgets=requests, out=str(Path(out) / name), study=settings.pop("study", name), **settings)
-        except EfnasError as exc:
-            raise EfnasError(f"{where}: {exc}") from None
-        entries.append(BatchEntry(name, config))
+        entries.append(BatchEntry(name, _search_config(where, settings, Path(out) / name)))
     return Batch(path, Path(out), tuple(entries))
+
+
+def _search_config(where: str, settings: dict[str, Any], out: Path) -> SearchConfig:
+    """The search of one [[search]] table (with [defaults]), checked by SearchConfig itself."""
+    settings = dict(settings)
+    name = settings.pop("name")
+    try:
+        requests = budget_requests(_as_list(settings.pop("lut", None)), _as_list(settings.pop("budget")))
+        return SearchConfig(budgets=requests, out=str(out), study=settings.pop("study", name), **settings)
+    except ConfigError as exc:
+        raise EfnasError(f"{where}: key '{exc.field}' {exc.problem}") from None
+    except EfnasError as exc:
+        raise EfnasError(f"{where}: {exc}") from None
 
 
 def _row(name: str, result: SearchResult) -> BatchRow:

@@ -7,19 +7,17 @@ an impossible budget fails at once with the minimum it would need.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from latency_lut import LatencyTable, load_lut, op_units, shipped_lut, space_keys
-from supernet.errors import EfnasError
+from latency_lut import LatencyTable, fastest_subnet, load_lut, shipped_lut
+from supernet.errors import ConfigError, EfnasError
 from supernet.space import ArchSpec, SearchSpace
 
-__all__ = ["Budget", "BudgetRequest", "budget_requests", "fastest_subnet", "lut_digest", "resolve_budgets"]
+__all__ = ["Budget", "BudgetRequest", "budget_requests", "parse_budget", "resolve_budgets"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +68,7 @@ class Budget:
         return {
             "lut": self.name,
             "lut_path": str(self.lut_path),
-            "lut_digest": lut_digest(self.lut),
+            "lut_digest": self.lut.digest(),
             "device": meta.get("device"),
             "backend": meta.get("backend"),
             "threads": meta.get("threads"),
@@ -81,7 +79,7 @@ class Budget:
 
 
 def budget_requests(luts: Sequence[str], budgets: Sequence[str | float]) -> tuple[BudgetRequest, ...]:
-    """Pair tables with budgets in order (a string is a preset name, a number milliseconds).
+    """Pair tables with budgets in order (each one read by :func:`parse_budget`).
 
     No table: one budget on the table shipped for the space. One budget and several tables: that
     budget on each of them. Otherwise one budget per table.
@@ -98,107 +96,20 @@ def budget_requests(luts: Sequence[str], budgets: Sequence[str | float]) -> tupl
         tables = list(luts)
     else:
         raise EfnasError(f"{len(luts)} latency tables but {len(budgets)} budgets: give one budget per table (they pair up in order), or one for all")
-    requests = []
-    for table, budget in zip(tables, budgets):
-        if isinstance(budget, str):
-            requests.append(BudgetRequest(lut=table, preset=budget))
-        else:
-            requests.append(BudgetRequest(lut=table, ms=float(budget)))
-    return tuple(requests)
+    return tuple(parse_budget(budget, lut=table) for table, budget in zip(tables, budgets))
 
 
-def lut_digest(lut: LatencyTable) -> str:
-    """A short hash of what a table predicts with (entries and calibration), independent of where
-    the file lives, so workers on different machines can tell they use the same table."""
-    content = {"entries": {k: v.to_dict() for k, v in sorted(lut.entries.items())}, "calibration": lut.meta.get("calibration"), "statistic": lut.statistic}
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _check_coverage(space: SearchSpace, lut: LatencyTable) -> None:
-    lut.check_space(space)
-    missing = sorted(space_keys(space) - set(lut.entries))
-    if missing:
-        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-        raise EfnasError(
-            f"latency table {lut.path} has no entry for {len(missing)} unit(s) of space '{space.name}' "
-            f"({shown}); measure them with: {lut.fill_command(space.largest())}"
-        )
-
-
-def _unit_cost(lut: LatencyTable) -> Callable[[Any], float]:
-    """What one unit adds to the table's prediction: its entry times its category's calibration
-    scale (the prediction is a fixed overhead plus the sum of these; all of them are >= 0)."""
-    calibration = lut.calibration
-    statistic = lut.statistic
-
-    def cost(placed: Any) -> float:
-        scale = calibration.scales[placed.unit.category] if calibration is not None else 1.0
-        return scale * lut.entries[placed.unit.key].value(statistic)
-
-    return cost
-
-
-def fastest_subnet(space: SearchSpace, lut: LatencyTable) -> tuple[ArchSpec, float]:
-    """The architecture of ``space`` with the lowest predicted latency on ``lut``, and that latency.
-
-    Not simply ``space.smallest()``: on some devices a Meta3D block is cheaper than a Meta4D one,
-    or a wider embedding faster than a narrow one. Since the prediction is a sum of non-negative
-    per-unit costs, the minimum is found exactly by dynamic programming over the stages (the only
-    coupling between stages is an embedding's input width): earlier stages take their minimum depth,
-    each stage its cheapest MLP ratio, the last stage its cheapest (depth, Meta3D) pair.
-    """
-    _check_coverage(space, lut)
-    cost = _unit_cost(lut)
-    base = space.smallest()
-    n = space.num_stages
-
-    def probe(stage: int, width: int, prev_width: int | None = None, depth: int | None = None,
-              meta3d: int | None = None, ratio: int | None = None) -> ArchSpec:
-        widths, depths, ratios = list(base.widths), list(base.depths), list(base.mlp_ratios)
-        widths[stage] = width
-        if prev_width is not None:
-            widths[stage - 1] = prev_width
-        if depth is not None:
-            depths[stage] = depth
-        if ratio is not None:
-            ratios[stage] = ratio
-        return space.spec(widths, depths, base.num_meta3d if meta3d is None else meta3d, ratios)
-
-    def part(spec: ArchSpec, *prefixes: str) -> float:
-        return sum(cost(p) for p in op_units(spec) if any(path.startswith(prefixes) for path in p.paths))
-
-    # Cheapest blocks of each stage at each width: (cost, depth, meta3d, ratio).
-    blocks: list[dict[int, tuple[float, int, int, int]]] = []
-    for s, stage in enumerate(space.stages):
-        per_width = {}
-        for w in stage.widths:
-            options = []
-            for m in stage.mlp_ratios:
-                if s < n - 1:
-                    options.append((part(probe(s, w, depth=stage.depth_min, ratio=m), f"stages.{s}.blocks."), stage.depth_min, base.num_meta3d, m))
-                    continue
-                for d in stage.depths:
-                    for v in range(space.meta3d_min, min(space.meta3d_max, d) + 1):
-                        spec = probe(s, w, depth=d, meta3d=v, ratio=m)
-                        options.append((part(spec, f"stages.{s}.blocks.", "norm", "head"), d, v, m))
-            per_width[w] = min(options)
-        blocks.append(per_width)
-
-    # best[w] = (cost of stem .. stage s at width w, widths so far)
-    best = {w: (part(probe(0, w), "stem") + blocks[0][w][0], (w,)) for w in space.stages[0].widths}
-    for s in range(1, n):
-        best = {
-            w: min(
-                (total + part(probe(s, w, prev_width=wp), f"stages.{s}.downsample") + blocks[s][w][0], (*chosen, w))
-                for wp, (total, chosen) in best.items()
-            )
-            for w in space.stages[s].widths
-        }
-    _, widths = min(best.values())
-    depths = [blocks[s][w][1] for s, w in enumerate(widths)]
-    ratios = [blocks[s][w][3] for s, w in enumerate(widths)]
-    spec = space.spec(widths, depths, blocks[-1][widths[-1]][2], ratios)
-    return spec, lut.predict_ms(spec)
+def parse_budget(value: str | float, *, lut: str | None = None) -> BudgetRequest:
+    """A budget as the user wrote it: a number, or text that reads as one, is milliseconds; any
+    other text is a preset name (that preset's own predicted latency on the table)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return BudgetRequest(lut=lut, preset=value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError("budget", f"must be a preset name or milliseconds, got {value!r}")
+    return BudgetRequest(lut=lut, ms=float(value))
 
 
 def _lut_names(paths: Sequence[Path]) -> list[str]:

@@ -10,6 +10,7 @@ from latency_lut import cli as lut_cli
 from nas import _demo_cli as demo_cli
 from nas import _export_cli as export_cli
 from nas import _search_cli as search_cli
+from supernet import _report_cli as report_cli
 from supernet import cli as supernet_cli
 from supernet.errors import EfnasError
 from supernet.io import tool_version
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     demo_cli.register(subparsers)
     supernet_cli.register(subparsers)
+    report_cli.register(subparsers)
     lut_cli.register(subparsers)
     search_cli.register_search(subparsers)
     search_cli.register_batch(subparsers)

@@ -18,18 +18,24 @@ from rich.panel import Panel
 from rich.table import Table
 
 from latency_lut import BuildConfig, build_lut, load_lut, predict_ms, shipped_lut
-from nas.budget import BudgetRequest
+from latency_lut.cli import build_flags
+from nas._export_cli import EXPORT_FLAGS
+from nas._search_cli import SEARCH_FLAGS
+from nas.budget import parse_budget
 from nas.export import ExportConfig, ExportResult, export_subnet
 from nas.study import SearchConfig, SearchResult, load_evaluator, run_search
 from supernet.checkpoint import load_checkpoint
-from supernet.errors import EfnasError
+from supernet.cli import train_flags
+from supernet.cliconfig import ConfigFlags
+from supernet.errors import ConfigError, EfnasError
 from supernet.io import console
+from supernet.space import SearchSpace
 from supernet.train import TrainConfig, train
 
-__all__ = ["DemoConfig", "DemoResult", "run_demo"]
+__all__ = ["DemoConfig", "DemoResult", "DemoStep", "run_demo"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DemoConfig:
     """The demo's settings; the defaults finish in a few minutes on two CPU cores."""
 
@@ -49,13 +55,22 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         if self.trials < 1:
-            raise EfnasError(f"--trials must be at least 1, got {self.trials}")
+            raise ConfigError("trials", f"must be at least 1, got {self.trials}")
+        parse_budget(self.budget)  # raises on a malformed budget before anything is trained
 
-    def budget_request(self, lut: str) -> BudgetRequest:
-        try:
-            return BudgetRequest(lut=lut, ms=float(self.budget))
-        except ValueError:
-            return BudgetRequest(lut=lut, preset=self.budget)
+
+@dataclass(frozen=True)
+class DemoStep:
+    """One step of the demo: the ``efnas`` command that does the same by hand, and the config the
+    demo ran it with (None for a command without one)."""
+
+    title: str
+    argv: list[str]
+    config: Any = None
+
+    @property
+    def command(self) -> str:
+        return shlex.join(self.argv)
 
 
 @dataclass
@@ -65,121 +80,113 @@ class DemoResult:
     searches: dict[str, SearchResult]
     export: ExportResult
     winner: str  # which search found the exported architecture
-    commands: list[str] = field(default_factory=list)
+    steps: list[DemoStep] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def commands(self) -> list[str]:
+        return [step.command for step in self.steps]
 
-def _step(title: str, command: list[str], commands: list[str]) -> None:
-    line = shlex.join(command)
-    commands.append(line)
+
+def _step(steps: list[DemoStep], title: str, words: list[str], flags: ConfigFlags | None = None, config: Any = None,
+          always: tuple[str, ...] = ()) -> None:
+    step = DemoStep(title, ["efnas", *words, *(flags.to_argv(config, always=always) if flags else [])], config)
+    steps.append(step)
     console.rule(f"[bold]{title}")
-    console.print(f"[dim]same as:[/dim] [cyan]{line}[/cyan]")
+    console.print(f"[dim]same as:[/dim] [cyan]{step.command}[/cyan]")
 
 
-def run_demo(config: DemoConfig, *, show_progress: bool = True) -> DemoResult:
-    """Run the pipeline; every artefact lands under ``config.out``."""
-    out = Path(config.out)
-    commands: list[str] = []
-    seconds: dict[str, float] = {}
-    threads = [] if config.threads is None else ["--threads", str(config.threads)]
-
-    # 1. The supernet, trained once: a finished checkpoint is reused, a killed run resumed.
-    started = time.perf_counter()
-    run_dir = out / "supernet"
-    train_config = TrainConfig(
-        space=config.space,
-        data=config.data,
-        out=str(run_dir),
-        seed=config.seed,
-        threads=config.threads,
-        epochs=config.epochs,
-        **({"steps_per_epoch": config.steps_per_epoch} if config.steps_per_epoch is not None else {}),
-    )
-    command = ["efnas", "train", "--space", config.space, "--data", config.data, "--epochs", str(config.epochs), "--out", str(run_dir), *threads]
-    if config.steps_per_epoch is not None:
-        command += ["--steps-per-epoch", str(config.steps_per_epoch)]
-    _step("1/4 train the supernet once", command, commands)
+def _train_step(config: DemoConfig, steps: list[DemoStep], show_progress: bool) -> Path:
+    """The supernet, trained once: a finished checkpoint is reused, a killed run resumed."""
+    run_dir = Path(config.out) / "supernet"
+    train_config = TrainConfig(space=config.space, data=config.data, out=str(run_dir), seed=config.seed,
+                               threads=config.threads, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch)
+    _step(steps, "1/4 train the supernet once", ["train"], train_flags(), train_config, always=("space", "data", "epochs"))
     checkpoint = run_dir / "supernet.pt"
     if checkpoint.exists() and load_checkpoint(checkpoint).get("finished"):
         console.print(f"a finished supernet is already in {checkpoint}: training skipped (delete the folder to retrain)")
-    else:
-        resume = checkpoint.exists()
-        if resume:
-            console.print(f"continuing the interrupted training in {run_dir}")
-        train(train_config, resume=resume, explicit=_given(config), show_progress=show_progress)
-    info = load_checkpoint(checkpoint)
-    space = info["space"]
-    seconds["train"] = time.perf_counter() - started
+        return checkpoint
+    resume = checkpoint.exists()
+    if resume:
+        console.print(f"continuing the interrupted training in {run_dir}")
+    explicit = {"epochs"} | ({"steps_per_epoch"} if config.steps_per_epoch is not None else set())
+    train(train_config, resume=resume, explicit=explicit, show_progress=show_progress)
+    return checkpoint
 
-    # 2. The latency table.
-    started = time.perf_counter()
+
+def _lut_step(config: DemoConfig, space: SearchSpace, steps: list[DemoStep]) -> Path:
     if config.measure:
-        lut_path = out / f"{space.name}_lut.json"
-        _step("2/4 measure a latency table on this machine", ["efnas", "lut", "build", "--space", config.space, "--out", str(lut_path)], commands)
-        build_lut(space, lut_path, BuildConfig(), space_arg=config.space)
-    else:
-        shipped = shipped_lut(space)
-        if shipped is None:
-            raise EfnasError(f"no latency table is shipped for space '{space.name}'; run the demo with --measure to build one here")
-        lut_path = shipped
-        _step("2/4 use the shipped latency table", ["efnas", "lut", "show", str(lut_path)], commands)
-        lut = load_lut(lut_path)
-        console.print(f"{lut_path.name}: measured on {lut.meta.get('device')} with {lut.meta.get('backend')}, {lut.meta.get('threads')} thread(s)")
-    seconds["lut"] = time.perf_counter() - started
+        lut_path = Path(config.out) / f"{space.name}_lut.json"
+        build = BuildConfig()
+        _step(steps, "2/4 measure a latency table on this machine", ["lut", "build", "--space", config.space, "--out", str(lut_path)],
+              build_flags(), build)
+        build_lut(space, lut_path, build, space_arg=config.space)
+        return lut_path
+    lut_path = shipped_lut(space)
+    if lut_path is None:
+        raise EfnasError(f"no latency table is shipped for space '{space.name}'; run the demo with --measure to build one here")
+    _step(steps, "2/4 use the shipped latency table", ["lut", "show", str(lut_path)])
+    lut = load_lut(lut_path)
+    console.print(f"{lut_path.name}: measured on {lut.meta.get('device')} with {lut.meta.get('backend')}, {lut.meta.get('threads')} thread(s)")
+    return Path(lut_path)
 
-    # 3. Search under the budget with TPE and with slimming; one evaluator scores both (shared cache).
-    started = time.perf_counter()
+
+def _search_steps(config: DemoConfig, checkpoint: Path, lut_path: Path, steps: list[DemoStep], show_progress: bool) -> dict[str, SearchResult]:
+    """Search under the budget with TPE and with slimming; one evaluator scores both (shared cache)."""
     searches: dict[str, SearchResult] = {}
     evaluator = None
     for strategy in ("tpe", "slimming"):
-        search_out = out / f"search-{strategy}"
-        # Slimming runs to its end: stopped early it is still above the budget with nothing to show.
-        trials = config.trials if strategy == "tpe" else None
         search = SearchConfig(
             supernet=str(checkpoint),
-            budgets=(config.budget_request(str(lut_path)),),
+            budgets=(parse_budget(config.budget, lut=str(lut_path)),),
             strategy=strategy,
-            trials=trials,
+            # Slimming runs to its end: stopped early it is still above the budget with nothing to show.
+            trials=config.trials if strategy == "tpe" else None,
             seed=config.seed,
-            out=str(search_out),
+            out=str(Path(config.out) / f"search-{strategy}"),
             val_subset=config.val_subset,
             threads=config.threads,
             top=5,
         )
-        budget_flag = ["--budget-ms", config.budget] if search.budgets[0].ms is not None else ["--budget", config.budget]
-        command = ["efnas", "search", "--supernet", str(checkpoint), "--lut", str(lut_path), *budget_flag,
-                   "--strategy", strategy, *(["--trials", str(trials)] if trials else []), "--out", str(search_out), *threads]
-        if config.val_subset is not None:
-            command += ["--val-subset", str(config.val_subset)]
-        _step(f"3/4 search under the budget: {strategy}", command, commands)
+        _step(steps, f"3/4 search under the budget: {strategy}", ["search"], SEARCH_FLAGS, search, always=("strategy",))
         if evaluator is None:
             evaluator = load_evaluator(search)
         searches[strategy] = run_search(search, evaluator=evaluator, show_progress=show_progress)
-    seconds["search"] = time.perf_counter() - started
+    return searches
+
+
+def _export_step(config: DemoConfig, checkpoint: Path, lut_path: Path, winner: str, steps: list[DemoStep], show_progress: bool) -> ExportResult:
+    """Export the winner in every format, checked against the supernet."""
+    out = Path(config.out)
+    export = ExportConfig(supernet=str(checkpoint), out=str(out / "export"), arch=str(out / f"search-{winner}" / "best.json"),
+                          force=True, luts=(str(lut_path),), seed=config.seed, threads=config.threads)
+    _step(steps, "4/4 export the winner", ["export"], EXPORT_FLAGS, export)
+    return export_subnet(export, show_progress=show_progress)
+
+
+def run_demo(config: DemoConfig, *, show_progress: bool = True) -> DemoResult:
+    """Run the pipeline; every artefact lands under ``config.out``."""
+    steps: list[DemoStep] = []
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    checkpoint = _train_step(config, steps, show_progress)
+    info = load_checkpoint(checkpoint)
+    seconds["train"], started = time.perf_counter() - started, time.perf_counter()
+    lut_path = _lut_step(config, info["space"], steps)
+    seconds["lut"], started = time.perf_counter() - started, time.perf_counter()
+    searches = _search_steps(config, checkpoint, lut_path, steps, show_progress)
+    seconds["search"], started = time.perf_counter() - started, time.perf_counter()
 
     found = {name: result.best for name, result in searches.items() if result.best is not None}
     if not found:
         raise EfnasError(f"no architecture under the budget {config.budget} was found; raise --budget or --trials")
     winner = max(found, key=lambda name: (found[name].accuracy, -min(found[name].latency_ms.values())))
-
-    # 4. Export the winner in every format, checked against the supernet.
-    started = time.perf_counter()
-    export_out = out / "export"
-    best_json = out / f"search-{winner}" / "best.json"
-    _step("4/4 export the winner", ["efnas", "export", "--supernet", str(checkpoint), "--arch", str(best_json), "--out", str(export_out), "--force", *threads], commands)
-    exported = export_subnet(
-        ExportConfig(supernet=str(checkpoint), out=str(export_out), arch=str(best_json), force=True, luts=(str(lut_path),), seed=config.seed, threads=config.threads),
-        show_progress=show_progress,
-    )
+    exported = _export_step(config, checkpoint, lut_path, winner, steps, show_progress)
     seconds["export"] = time.perf_counter() - started
 
-    result = DemoResult(checkpoint, Path(lut_path), searches, exported, winner, commands, seconds)
+    result = DemoResult(checkpoint, lut_path, searches, exported, winner, steps, seconds)
     _print_summary(result, info, config)
     return result
-
-
-def _given(config: DemoConfig) -> set[str]:
-    return {"epochs"} | ({"steps_per_epoch"} if config.steps_per_epoch is not None else set())
 
 
 def _percent(value: float | None) -> str:

@@ -20,46 +20,40 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-import os
-import secrets
-import shutil
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from latency_lut import LatencyTable, load_lut, measure_model, shipped_lut
 from supernet.checkpoint import CheckpointInfo, load_supernet
-from supernet.data import load_data
+from supernet.elastic import Supernet
 from supernet.errors import EfnasError
-from supernet.evaluate import calibration_batches, evaluate, recalibrate_bn
-from supernet.io import console, cpu_model, provenance
+from supernet.evaluate import EvalConfig, Scorer, task_data
+from supernet.io import cpu_model, progress_bar, provenance, torch_threads
 from supernet.model import EfficientFormer, build_model, count_macs, count_params
 from supernet.space import ArchSpec, SearchSpace, load_arch
 
-from nas._export_finetune import FinetuneConfig, finetune
+from nas._export_finetune import FinetuneConfig, finetune, finetune_steps
 from nas._export_formats import (
     COREML_INPUTS,
     COREML_PRECISIONS,
     FILES,
     FORMATS,
+    WRITERS,
     FormatReport,
     Preprocessing,
     Reference,
+    WriteSettings,
     check_formats,
     check_inputs,
+    load_strictly,
     metadata_strings,
-    write_coreml,
-    write_onnx,
-    write_pt,
-    write_torchscript,
 )
+from nas._export_staging import check_out, path_size, staging
 from nas._model_card import render_model_card
 from nas.results import best_feasible_trial
 
@@ -67,6 +61,7 @@ __all__ = [
     "EXPORT_FORMAT",
     "FORMATS",
     "ExportConfig",
+    "ExportRecord",
     "ExportResult",
     "ExportedFile",
     "export_subnet",
@@ -95,7 +90,7 @@ class ExportConfig:
     data: str | None = None  # dataset; None: the one the supernet was trained on
     calib_batches: int = 8  # training batches for BN recalibration (0 keeps the supernet's statistics)
     batch_size: int = 128
-    val_samples: int | None = None  # evaluate on a fixed seeded subset of this many validation images
+    val_subset: int | None = None  # evaluate on a fixed seeded subset of this many validation images
     seed: int = 0  # calibration batches, fine-tune order, validation subset, check inputs
     finetune_epochs: int = 0
     finetune_lr: float = 5e-4
@@ -119,12 +114,8 @@ class ExportConfig:
             )
         if bool(self.study) != bool(self.storage):
             raise EfnasError("--study and --storage go together: the study's name and the Optuna storage URL holding it")
-        for name in ("batch_size", "latency_rounds", "calib_batches", "seed"):
-            lowest = 1 if name == "batch_size" else 0
-            if getattr(self, name) < lowest:
-                raise EfnasError(f"--{name.replace('_', '-')} must be at least {lowest}, got {getattr(self, name)}")
-        if self.val_samples is not None and self.val_samples < 1:
-            raise EfnasError(f"--val-samples must be at least 1, got {self.val_samples}")
+        if self.latency_rounds < 0:
+            raise EfnasError(f"--latency-rounds must be at least 0, got {self.latency_rounds}")
         if self.coreml_precision not in COREML_PRECISIONS:
             raise EfnasError(f"--coreml-precision must be one of {', '.join(COREML_PRECISIONS)}, got {self.coreml_precision!r}")
         if self.coreml_input not in COREML_INPUTS:
@@ -135,7 +126,12 @@ class ExportConfig:
             raise EfnasError(f"--device must be cpu or cuda, got {self.device!r}")
         if self.threads is not None and self.threads < 1:
             raise EfnasError(f"--threads must be at least 1, got {self.threads}")
+        self.eval_config()  # validates the scoring settings
         self.finetune_config()  # validates the fine-tune settings
+
+    def eval_config(self) -> EvalConfig:
+        """How the export is scored: the search's scorer with this export's settings."""
+        return EvalConfig(calib_batches=self.calib_batches, batch_size=self.batch_size, val_subset=self.val_subset, seed=self.seed)
 
     def finetune_config(self) -> FinetuneConfig:
         return FinetuneConfig(
@@ -145,11 +141,59 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class ExportedFile:
-    """One entry of the export folder: its name, size in bytes and what was checked."""
+    """One entry of the export folder: its name, size in bytes, what was checked, and the format
+    it holds (None for the files that describe the export)."""
 
     name: str
     size: int
     check: str
+    format: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "format": self.format, "size": self.size, "check": self.check}
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """Everything an export knows about itself; :meth:`to_dict` is ``export.json``."""
+
+    spec: ArchSpec
+    source: dict[str, Any]  # where the architecture came from (see resolve_arch)
+    supernet: dict[str, Any]  # the checkpoint: path, sha256, space, training progress, extraction check
+    data: dict[str, Any]  # the dataset, its split and the validation images scored
+    calibration: dict[str, Any]
+    finetune: dict[str, Any] | None
+    metrics: dict[str, float]  # val_top1_inherited, val_top1
+    prep: Preprocessing
+    formats: dict[str, FormatReport]
+    files: tuple[ExportedFile, ...]  # the written formats and arch.json
+    latency: dict[str, Any]
+    config: ExportConfig
+    seconds: dict[str, float]
+    provenance: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": EXPORT_FORMAT,
+            "arch": self.spec.to_dict(),
+            "label": self.spec.label(),
+            "source": self.source,
+            "params": count_params(self.spec),
+            "macs": count_macs(self.spec),
+            "supernet": self.supernet,
+            "data": self.data,
+            "calibration": self.calibration,
+            "finetune": self.finetune,
+            "metrics": self.metrics,
+            "preprocessing": self.prep.to_dict(),
+            "class_names": list(self.prep.class_names),
+            "formats": {name: {"files": report.files, "checks": report.checks} for name, report in self.formats.items()},
+            "files": [item.to_dict() for item in self.files],
+            "latency": self.latency,
+            "config": dataclasses.asdict(self.config),
+            "seconds": self.seconds,
+            "provenance": self.provenance,
+        }
 
 
 @dataclass(frozen=True)
@@ -182,6 +226,17 @@ def _read_arch_file(path: str, space: SearchSpace) -> ArchSpec:
     return dataclasses.replace(spec, **missing) if missing else spec
 
 
+def _best_trial(study: str, storage: str) -> tuple[ArchSpec, dict[str, Any]]:
+    try:
+        spec, info = best_feasible_trial(storage, study)
+    except EfnasError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - storage backends (SQLAlchemy, drivers) fail in their own ways
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise EfnasError(f"cannot read study '{study}' from storage {storage}: {reason}") from None
+    return spec, {"kind": "study", **{key: info[key] for key in ("study", "storage", "trial", "accuracy", "latency_ms")}}
+
+
 def resolve_arch(
     space: SearchSpace,
     *,
@@ -197,14 +252,7 @@ def resolve_arch(
     elif arch:
         spec, source = _read_arch_file(arch, space), {"kind": "file", "path": arch}
     elif study and storage:
-        try:
-            spec, info = best_feasible_trial(storage, study)
-        except EfnasError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - storage backends (SQLAlchemy, drivers) fail in their own ways
-            reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-            raise EfnasError(f"cannot read study '{study}' from storage {storage}: {reason}") from None
-        source = {"kind": "study", **{key: info[key] for key in ("study", "storage", "trial", "accuracy", "latency_ms")}}
+        spec, source = _best_trial(study, storage)
     else:
         raise EfnasError("give exactly one of --arch FILE, --preset NAME or --study NAME --storage URL")
     problems = space.problems(spec)
@@ -214,156 +262,6 @@ def resolve_arch(
             f"{where[source['kind']]} is outside the supernet's space '{space.name}': {'; '.join(problems)}"
         )
     return spec, source
-
-
-# -- the output folder -------------------------------------------------------------------------
-
-
-def _occupied(out: Path) -> bool:
-    return out.is_symlink() or out.is_file() or (out.is_dir() and any(out.iterdir()))
-
-
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise EfnasError(f"--out {out} is a file; give a folder path")
-    if _occupied(out) and not force:
-        raise EfnasError(f"--out {out} already exists; pass --force to replace it, or choose another folder")
-
-
-def _side_folder(out: Path, kind: str) -> Path:
-    """A hidden sibling of ``out`` owned by this process: ``.NAME.KIND-PID-RANDOM``."""
-    return out.with_name(f".{out.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
-
-
-def _remove_stale(out: Path) -> None:
-    """Delete side folders of ``out`` left by killed exports (their process is gone)."""
-    for kind in ("partial", "old"):
-        for folder in out.parent.glob(f".{out.name}.{kind}-*"):
-            try:
-                os.kill(int(folder.name.rsplit("-", 2)[1]), 0)
-            except ProcessLookupError:
-                shutil.rmtree(folder, ignore_errors=True)
-            except (ValueError, OSError):
-                continue
-
-
-@contextmanager
-def _staging(out: Path, force: bool) -> Iterator[Path]:
-    """A hidden folder next to ``out``; renamed to ``out`` if the block succeeds, deleted if not
-    (with any parent folders this created)."""
-    out = out.absolute()
-    created = []
-    ancestor = out.parent
-    while not ancestor.exists():
-        created.append(ancestor)
-        ancestor = ancestor.parent
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale(out)
-        staging = _side_folder(out, "partial")
-        staging.mkdir()
-    except OSError as exc:
-        _remove_created(created)
-        raise EfnasError(f"cannot write the export to {out}: {exc.strerror or exc} ({exc.filename or out.parent})") from None
-    try:
-        yield staging
-        _check_out(out, force)
-        if _occupied(out):  # --force: swap the old export out, the new one in, then delete the old one
-            old = _side_folder(out, "old")
-            os.replace(out, old)
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            if out.is_dir():
-                out.rmdir()  # an empty folder the user made for the export
-            os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        _remove_created(created)
-        raise
-
-
-def _remove_created(folders: list[Path]) -> None:
-    for folder in folders:  # deepest first
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
-
-
-def _path_size(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# -- data passes with progress -----------------------------------------------------------------
-
-
-def _progress(show: bool) -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not show,
-    )
-
-
-def _counted(batches: Iterable[Any], progress: Progress, description: str, total: int) -> Iterator[Any]:
-    task = progress.add_task(description, total=total)
-    for batch in batches:
-        yield batch
-        progress.advance(task)
-
-
-def _validation_subset(num_val: int, samples: int | None, seed: int) -> torch.Tensor | None:
-    """Sorted positions of the fixed validation subset, or None for the whole set."""
-    if samples is None or samples >= num_val:
-        return None
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randperm(num_val, generator=generator)[:samples].sort().values
-
-
-def _val_batches(data: Any, batch_size: int, keep: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The validation set (or the subset at positions ``keep``) in batches of ``batch_size``."""
-    if keep is None:
-        yield from data.val_batches(batch_size)
-        return
-    wanted = torch.zeros(data.num_val, dtype=torch.bool)
-    wanted[keep] = True
-    images: list[torch.Tensor] = []
-    labels: list[torch.Tensor] = []
-    held = 0
-    start = 0
-    for batch_images, batch_labels in data.val_batches(batch_size):
-        mask = wanted[start : start + len(batch_labels)]
-        start += len(batch_labels)
-        if mask.any():
-            images.append(batch_images[mask])
-            labels.append(batch_labels[mask])
-            held += int(mask.sum())
-        while held >= batch_size:
-            all_images, all_labels = torch.cat(images), torch.cat(labels)
-            yield all_images[:batch_size], all_labels[:batch_size]
-            images, labels = [all_images[batch_size:]], [all_labels[batch_size:]]
-            held -= batch_size
-    if held:
-        yield torch.cat(images), torch.cat(labels)
 
 
 # -- latency -----------------------------------------------------------------------------------
@@ -427,37 +325,146 @@ def _measure(model: EfficientFormer, rounds: int, seed: int, predictions: list[d
 # -- the export --------------------------------------------------------------------------------
 
 
-@contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+@dataclass
+class _Job:
+    """What the checks before any expensive work found: every input of the export."""
+
+    config: ExportConfig
+    info: CheckpointInfo
+    spec: ArchSpec
+    source: dict[str, Any]
+    formats: tuple[str, ...]
+    luts: list[LatencyTable]
+    default_luts: bool
+    scorer: Scorer
+    device: torch.device
+    seconds: dict[str, float]
+    started: float
+    tick: float = 0.0
+
+    def lap(self, key: str) -> None:
+        """Record the seconds since the previous lap under ``key``."""
+        now = time.perf_counter()
+        self.seconds[key] = round(now - self.tick, 3)
+        self.tick = now
 
 
-def _load_data(config: ExportConfig, info: CheckpointInfo, spec: ArchSpec) -> tuple[Any, str, int]:
-    name = config.data or info.config.get("data")
-    if not name:
-        raise EfnasError(f"checkpoint {info.path} does not record its dataset; give --data")
-    split_seed = int(info.config.get("seed", 0))  # the split the supernet was trained and validated on
-    data = load_data(name, spec.resolution, seed=split_seed)
-    if data.num_classes != spec.num_classes:
-        raise EfnasError(f"dataset '{name}' has {data.num_classes} classes but the supernet predicts {spec.num_classes}")
-    if (config.calib_batches or config.finetune_epochs) and data.num_train_batches(config.batch_size) == 0:
-        raise EfnasError(
-            f"dataset '{name}' has {data.num_train} training images, not one full batch of {config.batch_size}; "
-            "lower --batch-size (or use --calib-batches 0 without fine-tuning)"
-        )
-    return data, name, split_seed
+def _prepare(config: ExportConfig) -> tuple[Supernet, _Job]:
+    """Every check that can fail before any expensive work: formats, folder, checkpoint,
+    architecture, tables, data and device, each a one-line error."""
+    started = time.perf_counter()
+    formats = check_formats(config.formats)
+    check_out(Path(config.out), config.force)
+    supernet, info = load_supernet(config.supernet)
+    spec, source = resolve_arch(info.space, arch=config.arch, preset=config.preset, study=config.study, storage=config.storage)
+    luts, default_luts = _load_luts(config, info.space, spec)
+    data = task_data(info, config.data)
+    if config.finetune_epochs:
+        finetune_steps(data, config.finetune_config())  # fails before any work when there is no full batch
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise EfnasError("--device cuda asked for, but torch sees no CUDA device here")
+    device = torch.device(config.device)
+    scorer = Scorer(data, config.eval_config(), device=device)
+    job = _Job(config, info, spec, source, formats, luts, default_luts, scorer, device, {}, started, started)
+    job.lap("load")
+    return supernet, job
 
 
-def _timed(seconds: dict[str, float], key: str, start: float) -> float:
-    now = time.perf_counter()
-    seconds[key] = round(now - start, 3)
-    return now
+def _extract(supernet: Supernet, job: _Job) -> tuple[EfficientFormer, float]:
+    """The static model of the architecture, and how far it is from the supernet (it should be exact)."""
+    model = supernet.extract(job.spec).eval()
+    reference_input = check_inputs(job.spec.resolution, job.config.seed)
+    with torch.no_grad():
+        delta = float((supernet(reference_input, job.spec) - model(reference_input)).abs().max())
+    if not delta <= job.config.tolerance:
+        raise EfnasError(f"the extracted model differs from the supernet by {delta:.3g}: the checkpoint is inconsistent")
+    return model.to(job.device), delta
+
+
+def _score(model: EfficientFormer, supernet: Supernet, job: _Job, progress: Progress) -> tuple[dict[str, float], dict[str, Any] | None]:
+    """Recalibrate and score ``model`` in place; fine-tune it (distilled from the largest subnet)
+    and score it again when asked. Returns the metrics and the fine-tune record."""
+    scorer, config = job.scorer, job.config
+    scorer.recalibrate(model, progress=progress, description="recalibrating BatchNorm")
+    job.lap("calibrate")
+    metrics = {"val_top1_inherited": scorer.accuracy(model, progress=progress, description="evaluating (inherited weights)")}
+    job.lap("evaluate")
+    if not config.finetune_epochs:
+        return metrics | {"val_top1": metrics["val_top1_inherited"]}, None
+    teacher = supernet.extract(job.info.space.largest()).to(job.device)
+    scorer.recalibrate(teacher, progress=progress, description="recalibrating the teacher (largest subnet)")
+    report = finetune(model, teacher, scorer.data, config.finetune_config(), seed=config.seed, device=job.device, progress=progress)
+    del teacher
+    scorer.recalibrate(model, progress=progress, description="recalibrating BatchNorm (fine-tuned)")
+    metrics["val_top1"] = scorer.accuracy(model, progress=progress, description="evaluating (fine-tuned)")
+    job.lap("finetune")
+    return metrics, report.to_dict()
+
+
+def _write_formats(model: EfficientFormer, folder: Path, settings: WriteSettings, job: _Job, progress: Progress) -> dict[str, FormatReport]:
+    reports: dict[str, FormatReport] = {}
+    task = progress.add_task("writing formats", total=len(job.formats))
+    for name in job.formats:
+        progress.update(task, description=f"writing {FILES[name]}")
+        reports[name] = WRITERS[name](model, folder, settings)
+        job.lap(f"format_{name}")
+        progress.advance(task)
+    return reports
+
+
+def _latency(model: EfficientFormer, job: _Job, progress: Progress) -> dict[str, Any]:
+    rounds = job.config.latency_rounds
+    task = progress.add_task("measuring latency (onnxruntime, 1 thread)", total=1, visible=bool(rounds))
+    latency = _measure(model, rounds, job.config.seed, _predictions(job.luts, job.spec))
+    progress.advance(task)
+    job.lap("latency")
+    return latency | {"default_tables": job.default_luts}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _supernet_record(job: _Job, extraction_delta: float) -> dict[str, Any]:
+    info, space = job.info, job.info.space
+    return {
+        "path": str(Path(info.path).resolve()),
+        "sha256": _sha256(info.path),
+        "space": space.name,
+        "fingerprint": space.fingerprint(),
+        "step": info.step,
+        "total_steps": info.total_steps,
+        "finished": info.finished,
+        "extraction_max_abs_diff": extraction_delta,
+    }
+
+
+def _data_record(job: _Job) -> dict[str, Any]:
+    data, config = job.scorer.data, job.config
+    return {
+        "name": config.data or job.info.config["data"],
+        "split_seed": int(job.info.config.get("seed", 0)),
+        "num_train": data.num_train,
+        "num_val": data.num_val,
+        "validation": {"images": job.scorer.num_val, "of": data.num_val, "seed": config.seed},
+    }
+
+
+def _write_description(folder: Path, record: ExportRecord) -> dict[str, Any]:
+    """``export.json`` and ``model_card.md``; returns the former. Plain writes: the staging folder
+    as a whole is what appears atomically."""
+    as_dict = record.to_dict()
+    _write_json(folder / "export.json", as_dict)
+    (folder / "model_card.md").write_text(render_model_card(as_dict))
+    return as_dict
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def export_subnet(config: ExportConfig, *, show_progress: bool = True) -> ExportResult:
@@ -467,156 +474,36 @@ def export_subnet(config: ExportConfig, *, show_progress: bool = True) -> Export
     data) is a one-line :class:`EfnasError` raised before any expensive work; a written format
     that does not compute what PyTorch computes is one too, and nothing is left behind.
     """
-    started = time.perf_counter()
-    seconds: dict[str, float] = {}
-    formats = check_formats(config.formats)
-    out = Path(config.out)
-    _check_out(out, config.force)
-    supernet, info = load_supernet(config.supernet)
-    space = info.space
-    spec, source = resolve_arch(space, arch=config.arch, preset=config.preset, study=config.study, storage=config.storage)
-    luts, default_luts = _load_luts(config, space, spec)
-    data, data_name, split_seed = _load_data(config, info, spec)
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise EfnasError("--device cuda asked for, but torch sees no CUDA device here")
-    device = torch.device(config.device)
-    tick = _timed(seconds, "load", started)
-
-    with _torch_threads(config.threads), _staging(out, config.force) as staging, _progress(show_progress) as progress:
-        # Extraction is exact: the static model computes what the supernet computes for spec.
-        model = supernet.extract(spec).eval()
-        reference_input = check_inputs(spec.resolution, config.seed)
-        with torch.no_grad():
-            extraction_delta = float((supernet(reference_input, spec) - model(reference_input)).abs().max())
-        if not extraction_delta <= config.tolerance:
-            raise EfnasError(f"the extracted model differs from the supernet by {extraction_delta:.3g}: the checkpoint is inconsistent")
-        model.to(device)
-
-        def recalibrate(target: torch.nn.Module, description: str) -> None:
-            # The batches are a pure function of the seed: every recalibration sees the same images.
-            if config.calib_batches:
-                batches = calibration_batches(data, config.calib_batches, config.batch_size, config.seed)
-                recalibrate_bn(target, _counted(batches, progress, description, config.calib_batches), device)
-
-        recalibrate(model, "recalibrating BatchNorm")
-        tick = _timed(seconds, "calibrate", tick)
-
-        keep = _validation_subset(data.num_val, config.val_samples, config.seed)
-        val_images = data.num_val if keep is None else len(keep)
-        val_batch_count = math.ceil(val_images / config.batch_size)
-
-        def validate(description: str) -> float:
-            batches = _counted(_val_batches(data, config.batch_size, keep), progress, description, val_batch_count)
-            return evaluate(model, batches, device)
-
-        metrics: dict[str, Any] = {"val_top1_inherited": validate("evaluating (inherited weights)")}
-        tick = _timed(seconds, "evaluate", tick)
-        finetune_record = None
-        if config.finetune_epochs:
-            teacher = supernet.extract(space.largest()).to(device)
-            recalibrate(teacher, "recalibrating the teacher (largest subnet)")
-            report = finetune(model, teacher, data, config.finetune_config(), seed=config.seed, device=device, progress=progress)
-            del teacher
-            recalibrate(model, "recalibrating BatchNorm (fine-tuned)")
-            finetune_record = report.to_dict()
-            metrics["val_top1"] = validate("evaluating (fine-tuned)")
-            tick = _timed(seconds, "finetune", tick)
-        else:
-            metrics["val_top1"] = metrics["val_top1_inherited"]
+    supernet, job = _prepare(config)
+    spec, out = job.spec, Path(config.out)
+    with torch_threads(config.threads), staging(out, config.force) as folder, progress_bar(show=show_progress) as progress:
+        model, extraction_delta = _extract(supernet, job)
+        metrics, finetune_record = _score(model, supernet, job, progress)
         del supernet
         model = model.cpu().eval()
-
+        data = job.scorer.data
         prep = Preprocessing(spec.resolution, tuple(data.mean), tuple(data.std), tuple(data.class_names))
-        reference = Reference.of(model, spec.resolution, config.seed)
-        metadata = metadata_strings(spec, prep)
-        reports: dict[str, FormatReport] = {}
-        task = progress.add_task("writing formats", total=len(formats))
-        for name in formats:
-            progress.update(task, description=f"writing {FILES[name]}")
-            if name == "pt":
-                reports[name] = write_pt(model, staging, reference, config.tolerance)
-            elif name == "torchscript":
-                reports[name] = write_torchscript(model, staging, reference, config.tolerance)
-            elif name == "onnx":
-                reports[name] = write_onnx(model, staging, reference, config.tolerance, metadata)
-            else:
-                reports[name] = write_coreml(
-                    model, staging, prep, precision=config.coreml_precision, input_kind=config.coreml_input,
-                    tolerance=config.tolerance, seed=config.seed, metadata=metadata,
-                )
-            tick = _timed(seconds, f"format_{name}", tick)
-            progress.advance(task)
-
-        task = progress.add_task("measuring latency (onnxruntime, 1 thread)", total=1, visible=bool(config.latency_rounds))
-        latency = _measure(model, config.latency_rounds, config.seed, _predictions(luts, spec))
-        progress.advance(task)
-        latency["default_tables"] = default_luts
-        tick = _timed(seconds, "latency", tick)
-
-        arch_record = {
-            "arch": spec.to_dict(),
-            "label": spec.label(),
-            "preprocessing": prep.to_dict(),
-            "class_names": list(prep.class_names),
-        }
-        # Plain writes: the staging folder as a whole is what appears atomically.
-        _write_json(staging / "arch.json", arch_record)
-        files = [
-            {"name": FILES[name], "format": name, "size": _path_size(staging / FILES[name]), "check": reports[name].summary}
-            for name in formats
-        ]
-        files.append({"name": "arch.json", "format": None, "size": _path_size(staging / "arch.json"),
-                      "check": "architecture, preprocessing and class names; read by supernet.load_arch"})
-        seconds["total"] = round(time.perf_counter() - started, 3)
-        record = {
-            "format": EXPORT_FORMAT,
-            "arch": spec.to_dict(),
-            "label": spec.label(),
-            "source": source,
-            "params": count_params(spec),
-            "macs": count_macs(spec),
-            "supernet": {
-                "path": str(Path(info.path).resolve()),
-                "sha256": _sha256(info.path),
-                "space": space.name,
-                "fingerprint": space.fingerprint(),
-                "step": info.step,
-                "total_steps": info.total_steps,
-                "finished": info.finished,
-                "extraction_max_abs_diff": extraction_delta,
-            },
-            "data": {
-                "name": data_name,
-                "split_seed": split_seed,
-                "num_train": data.num_train,
-                "num_val": data.num_val,
-                "validation": {"images": val_images, "of": data.num_val, "seed": config.seed},
-            },
-            "calibration": {
-                "batches": min(config.calib_batches, data.num_train_batches(config.batch_size)),
-                "batch_size": config.batch_size,
-                "seed": config.seed,
-            },
-            "finetune": finetune_record,
-            "metrics": metrics,
-            "preprocessing": prep.to_dict(),
-            "class_names": list(prep.class_names),
-            "formats": {name: {"files": report.files, "checks": report.checks} for name, report in reports.items()},
-            "files": files,
-            "latency": latency,
-            "config": dataclasses.asdict(config),
-            "seconds": seconds,
-            "provenance": provenance(("timm",)),
-        }
-        _write_json(staging / "export.json", record)
-        (staging / "model_card.md").write_text(render_model_card(record))
-
-    listed = [ExportedFile(item["name"], item["size"], item["check"]) for item in files]
-    listed += [
-        ExportedFile("model_card.md", _path_size(out / "model_card.md"), "human-readable summary of export.json"),
-        ExportedFile("export.json", _path_size(out / "export.json"), "the full record: checks, metrics, latency, provenance"),
-    ]
-    return ExportResult(out, spec, tuple(listed), record)
+        settings = WriteSettings(
+            Reference.of(model, spec.resolution, config.seed), prep, metadata_strings(spec, prep), config.tolerance,
+            config.seed, config.coreml_precision, config.coreml_input,
+        )
+        reports = _write_formats(model, folder, settings, job, progress)
+        latency = _latency(model, job, progress)
+        _write_json(folder / "arch.json", {"arch": spec.to_dict(), "label": spec.label(), "preprocessing": prep.to_dict(),
+                                           "class_names": list(prep.class_names)})
+        files = tuple(ExportedFile(FILES[name], path_size(folder / FILES[name]), reports[name].summary, name) for name in job.formats)
+        files += (ExportedFile("arch.json", path_size(folder / "arch.json"),
+                               "architecture, preprocessing and class names; read by supernet.load_arch"),)
+        job.seconds["total"] = round(time.perf_counter() - job.started, 3)
+        calibration = {"batches": job.scorer.num_calib_batches, "batch_size": config.batch_size, "seed": config.seed}
+        record = ExportRecord(spec, job.source, _supernet_record(job, extraction_delta), _data_record(job), calibration,
+                              finetune_record, metrics, prep, reports, files, latency, config, job.seconds, provenance(("timm",)))
+        written = _write_description(folder, record)
+    described = (
+        ExportedFile("model_card.md", path_size(out / "model_card.md"), "human-readable summary of export.json"),
+        ExportedFile("export.json", path_size(out / "export.json"), "the full record: checks, metrics, latency, provenance"),
+    )
+    return ExportResult(out, spec, files + described, written)
 
 
 def load_export(folder: str | Path) -> EfficientFormer:
@@ -630,9 +517,4 @@ def load_export(folder: str | Path) -> EfficientFormer:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every reader error means the same thing to the user
         raise EfnasError(f"{path} is truncated or corrupt ({str(exc).splitlines()[0][:160]})") from None
-    model = build_model(spec)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise EfnasError(f"{path} does not match {folder / 'arch.json'}: {str(exc).splitlines()[0][:160]}") from None
-    return model.eval()
+    return load_strictly(build_model(spec), state, f"{path} does not match {folder / 'arch.json'}").eval()

@@ -12,7 +12,6 @@ import io
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.table import Table
 
+from nas._storage import storage_url
 from supernet.errors import EfnasError
 from supernet.io import atomic_write_bytes
 from supernet.model import count_params
@@ -82,19 +82,6 @@ class TrialRecord:
             note=dict(attrs.get("note", {})),
             duration_s=duration,
         )
-
-
-def storage_url(storage: str | Path) -> str:
-    """An Optuna storage URL; a plain file path means an SQLite database file. A bare
-    ``postgresql://`` URL names the PostgreSQL driver that is installed (psycopg2 is the one
-    ``pip install 'efficientformer-nas[postgres]'`` brings; SQLAlchemy would assume psycopg 3)."""
-    text = str(storage)
-    for scheme in ("postgresql://", "postgres://"):
-        if text.startswith(scheme) and find_spec("psycopg") is None and find_spec("psycopg2") is not None:
-            return "postgresql+psycopg2://" + text[len(scheme):]
-    if "://" in text:
-        return text
-    return f"sqlite:///{Path(text).expanduser().resolve()}"
 
 
 def _load_study(storage: str | Path, study_name: str) -> optuna.Study:
@@ -211,15 +198,16 @@ def plot_pareto(
 ) -> Path:
     """Accuracy vs predicted latency, one panel per latency table: feasible and infeasible trials,
     the feasible Pareto front, the budget, the best feasible trial and the presets."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure of its own with an Agg canvas: pyplot's global backend and figure list stay as they are.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     names = list(limits)
     complete = [r for r in records if r.complete and r.evaluated]
     best = best_record(records)
-    figure, axes = plt.subplots(1, len(names), figsize=(6.4 * len(names), 4.8), squeeze=False)
+    figure = Figure(figsize=(6.4 * len(names), 4.8))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(names), squeeze=False)
     for ax, name in zip(axes[0], names):
         feasible = [r for r in complete if r.feasible]
         infeasible = [r for r in complete if not r.feasible]
@@ -249,7 +237,6 @@ def plot_pareto(
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)
 

@@ -8,7 +8,7 @@ first table).
 Scores are cached per architecture through the storage: a trial whose architecture already has a
 complete trial reuses that score (``cached_from``) instead of evaluating again, and two workers that
 draw the same architecture at the same time agree on one of them to evaluate it (see
-:meth:`_Search._claim`). ``--trials`` counts evaluated architectures, study-wide.
+:meth:`nas._workers.Worker.claim`). ``--trials`` counts evaluated architectures, study-wide.
 
 Resume: rerunning the same command continues the study. A RUNNING trial whose process is gone
 (same host: the process no longer exists; other hosts: no heartbeat for a minute) is marked FAIL
@@ -17,29 +17,31 @@ and its architecture queued again; complete trials are never evaluated again.
 
 from __future__ import annotations
 
-import os
 import random
-import socket
-import sqlite3
-import time
 import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from nas._params import params_from_spec, suggest_spec
 from nas._slimming import SlimmingStep, slimming
+from nas._storage import open_storage, storage_url
+from nas._workers import Worker
 from nas.budget import Budget, BudgetRequest, resolve_budgets
 from nas.evaluator import EvalConfig, Evaluator
-from nas.results import TrialRecord, best_record, plot_pareto, storage_url, trials_csv
+from nas.results import TrialRecord, best_record, plot_pareto, trials_csv
 from supernet.checkpoint import CheckpointInfo, load_supernet
-from supernet.errors import EfnasError
-from supernet.io import atomic_write_json, atomic_write_text, console, provenance
+from supernet.errors import ConfigError, EfnasError
+from supernet.io import atomic_write_json, atomic_write_text, progress_bar, provenance, torch_threads
 from supernet.model import count_macs, count_params
 from supernet.space import ArchSpec
 
@@ -49,11 +51,6 @@ STRATEGIES = ("tpe", "nsga2", "random", "slimming")
 DEFAULT_TRIALS = 100  # for the sampler strategies when --trials is not given
 FORMAT = "efficientformer-nas/search/1"
 
-_POLL_S = 0.2  # while waiting for another worker's trial
-_REAP_EVERY_S = 5.0
-_HEARTBEAT_S = 10  # Optuna heartbeat of running trials, for workers on other machines
-_GRACE_S = 60  # a trial without heartbeat for this long is failed
-_OPEN_ATTEMPTS = 5
 _MAX_CACHED_IN_A_ROW = 200  # a sampler that only proposes evaluated architectures has exhausted the space
 
 
@@ -82,14 +79,17 @@ class SearchConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "budgets", tuple(self.budgets))
         if self.strategy not in STRATEGIES:
-            raise EfnasError(f"unknown strategy '{self.strategy}': choose one of {', '.join(STRATEGIES)}")
+            raise ConfigError("strategy", f"must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         for name, lowest in (("trials", 1), ("population", 2), ("top", 1), ("threads", 1), ("seed", 0)):
             value = getattr(self, name)
             if value is not None and value < lowest:
-                raise EfnasError(f"--{name} must be at least {lowest}, got {value}")
+                raise ConfigError(name, f"must be at least {lowest}, got {value}")
         if self.device not in ("cpu", "cuda", "auto"):
-            raise EfnasError(f"--device must be cpu, cuda or auto, got {self.device!r}")
-        EvalConfig(self.calib_batches, self.batch_size, self.val_subset, self.eval_seed)  # raises on bad settings
+            raise ConfigError("device", f"must be cpu, cuda or auto, got {self.device!r}")
+        try:
+            self.eval_config  # raises on bad settings
+        except ConfigError as exc:
+            raise exc.renamed({"seed": "eval_seed"}) from None
 
     @property
     def storage_url(self) -> str:
@@ -136,69 +136,6 @@ class _TrialBudgetSpent(Exception):
     """Raised inside the slimming when --trials architectures have been evaluated."""
 
 
-def _process_start(pid: int) -> str:
-    """When process ``pid`` started (Linux: clock ticks since boot), to tell it from a reused pid."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return ""
-    return "zombie" if fields[0] == "Z" else fields[19]
-
-
-def _worker_identity() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
-
-
-def _alive(worker: dict[str, Any]) -> bool:
-    """Whether the process that ran a trial on this host still exists."""
-    try:
-        os.kill(int(worker["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    start = _process_start(int(worker["pid"]))
-    return start != "zombie" and (not worker.get("start") or not start or start == worker["start"])
-
-
-def _sqlite_connect(path: str) -> sqlite3.Connection:
-    # Several workers on one SQLite file wait for each other's writes instead of failing. The
-    # write-ahead log lets them read while another writes, and without an fsync per commit a trial's
-    # ~30 small writes take milliseconds instead of a third of a second; a killed process still
-    # loses nothing it committed (only a power cut can lose the last commits).
-    connection = sqlite3.connect(path, timeout=60, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
-    return connection
-
-
-def _open_storage(url: str) -> optuna.storages.RDBStorage:
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs["creator"] = lambda: _sqlite_connect(path)
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
-                    url, engine_kwargs=engine_kwargs, heartbeat_interval=_HEARTBEAT_S, grace_period=_GRACE_S
-                )
-        except ImportError:
-            raise EfnasError(f"storage {url} needs a database driver that is not installed (for PostgreSQL: pip install psycopg2-binary, or this project's [postgres] extra)") from None
-        except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean "cannot open"
-            # Workers that start together on a new database race to create its tables; the loser
-            # finds them made on its next attempt.
-            if attempt < _OPEN_ATTEMPTS:
-                time.sleep(0.25 * attempt)
-                continue
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EfnasError(f"cannot open storage {url}: {reason[:200]}") from None
-
-
 def _sampler(strategy: str, seed: int, population: int) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -208,6 +145,24 @@ def _sampler(strategy: str, seed: int, population: int) -> optuna.samplers.BaseS
         if strategy == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
         return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _worker_seed(seed: int, worker_index: int) -> int:
+    """The sampler seed of a worker: the study's own for the first, one derived from it for later ones."""
+    return seed if worker_index == 0 else random.Random(f"{seed}:{worker_index}").randrange(2**31)
+
+
+@contextmanager
+def _proposing(study: optuna.Study, params: dict[str, Any]) -> Iterator[None]:
+    """Inside the block the study's sampler proposes ``params``; after it the sampler is the study's own again."""
+    sampler = study.sampler
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.sampler = optuna.samplers.PartialFixedSampler(params, sampler)
+    try:
+        yield
+    finally:
+        study.sampler = sampler
 
 
 def _identity(config: SearchConfig, info: CheckpointInfo, digest: str, budgets: list[Budget], evaluator: Evaluator) -> dict[str, Any]:
@@ -246,41 +201,28 @@ def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return [f"{key}: {old[key]} vs {new[key]}" for key in old if old[key] != new[key]]
 
 
+@dataclass
 class _Search:
-    """One worker of a study: proposes, claims, evaluates and records trials."""
+    """This worker's part of a study: proposes, evaluates and records trials."""
 
-    def __init__(
-        self,
-        config: SearchConfig,
-        study: optuna.Study,
-        storage: optuna.storages.RDBStorage,
-        budgets: list[Budget],
-        evaluator: Evaluator,
-        worker_index: int,
-        progress: Progress,
-    ) -> None:
-        self.config = config
-        self.study = study
-        self.storage = storage
-        self.study_id = storage.get_study_id_from_name(study.study_name)
-        self.space = evaluator.info.space
-        self.budgets = budgets
-        self.evaluator = evaluator
-        self.worker_index = worker_index
-        self.identity = _worker_identity()
-        self.target = config.target_trials
-        self.base_sampler = study.sampler
-        self.notes: dict[str, dict[str, Any]] = {}
-        self.cached_in_a_row = 0
-        self.exhausted = False
-        self.last_reap = 0.0
-        self.progress = progress
-        self.task = progress.add_task(config.strategy, total=self.target)
+    config: SearchConfig
+    worker: Worker
+    budgets: list[Budget]
+    evaluator: Evaluator
+    progress: Progress
+    cached_in_a_row: int = field(default=0, init=False)
+    exhausted: bool = field(default=False, init=False)  # the sampler proposes only evaluated architectures
+
+    def __post_init__(self) -> None:
+        self.study = self.worker.study
+        self.space = self.evaluator.info.space
+        self.target = self.config.target_trials
+        self.task = self.progress.add_task(self.config.strategy, total=self.target)
 
     # -- reading the study ----------------------------------------------------------------------
 
     def trials(self, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
-        return self.study.get_trials(deepcopy=False, states=states)
+        return self.worker.trials(states)
 
     @staticmethod
     def evaluated(trials: list[FrozenTrial]) -> int:
@@ -295,27 +237,29 @@ class _Search:
                 scores.setdefault(t.user_attrs["arch"], float(t.user_attrs["accuracy"]))
         return scores
 
+    def latency(self, spec: ArchSpec) -> dict[str, float]:
+        return {b.name: b.latency_ms(spec) for b in self.budgets}
+
     # -- one trial ------------------------------------------------------------------------------
 
-    def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
+    def objective(self, trial: optuna.Trial, notes: Mapping[str, dict[str, Any]] = MappingProxyType({})) -> float | tuple[float, float]:
+        """Score the trial's architecture; ``notes`` are what the slimming says of the architectures it asked for."""
         if self.config.strategy != "slimming" and self.target is not None:
             trials = self.trials()
             busy = sum(1 for t in trials if t.state == TrialState.RUNNING and t.number != trial.number and "arch" in t.user_attrs)
             if self.evaluated(trials) + busy >= self.target:
                 raise optuna.TrialPruned("the trial budget is used up by other workers")
-        return self.run_trial(trial, suggest_spec(trial, self.space))
-
-    def run_trial(self, trial: optuna.Trial, spec: ArchSpec) -> float | tuple[float, float]:
+        spec = suggest_spec(trial, self.space)
         key = spec.to_json()
-        latency = {b.name: b.latency_ms(spec) for b in self.budgets}
-        trial.set_user_attr("worker", self.identity)
+        latency = self.latency(spec)
+        trial.set_user_attr("worker", self.worker.identity)
         trial.set_user_attr("arch", key)
         trial.set_user_attr("latency_ms", latency)
         for budget in self.budgets:
             trial.set_constraint(budget.constraint, latency[budget.name] - budget.limit_ms)
-        if key in self.notes:
-            trial.set_user_attr("note", self.notes[key])
-        done = self._claim(trial, key)
+        if key in notes:
+            trial.set_user_attr("note", notes[key])
+        done = self.worker.claim(trial, key)
         if done is None:
             accuracy = self.evaluator.accuracy(spec)
             trial.set_user_attr("evaluated", True)
@@ -327,64 +271,6 @@ class _Search:
         if self.config.strategy == "nsga2":
             return accuracy, latency[self.budgets[0].name]
         return accuracy
-
-    def _claim(self, trial: optuna.Trial, key: str) -> FrozenTrial | None:
-        """A complete trial of the same architecture to reuse, or None: this trial evaluates it.
-
-        Every trial writes its ``arch`` before it reads the others, so of two concurrent trials of
-        one architecture the later reader sees the earlier one. A trial that sees a lower-numbered
-        one waits (``role`` = wait). A trial that sees only higher-numbered ones evaluates once all of
-        them have decided to wait, and waits if one of them decided to evaluate (it read too early to
-        see this one). So exactly one of them evaluates; the others reuse its score, or take over if
-        its process dies.
-        """
-        role = None
-        while True:
-            others = [
-                t for t in self.trials((TrialState.RUNNING, TrialState.COMPLETE))
-                if t.number != trial.number and t.user_attrs.get("arch") == key
-            ]
-            done = [t for t in others if t.state == TrialState.COMPLETE and "accuracy" in t.user_attrs]
-            if done:
-                return done[0]
-            lower = [t for t in others if t.number < trial.number]
-            higher = [t for t in others if t.number > trial.number]
-            if not lower and all(t.user_attrs.get("role") == "wait" for t in higher):
-                trial.set_user_attr("role", "evaluate")
-                return None
-            if (lower or any(t.user_attrs.get("role") == "evaluate" for t in higher)) and role != "wait":
-                role = "wait"
-                trial.set_user_attr("role", role)
-            time.sleep(_POLL_S)
-            self.reap(throttled=True)
-
-    # -- killed workers -------------------------------------------------------------------------
-
-    def reap(self, throttled: bool = False) -> None:
-        """Fail the RUNNING trials of dead workers and queue their architectures again."""
-        now = time.monotonic()
-        if throttled and now - self.last_reap < _REAP_EVERY_S:
-            return
-        self.last_reap = now
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(self.study)  # other hosts: by heartbeat
-        for t in self.trials((TrialState.RUNNING,)):
-            worker = t.user_attrs.get("worker")
-            if worker and worker.get("host") == self.identity["host"] and worker.get("pid") != self.identity["pid"] and not _alive(worker):
-                trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, t.number)
-                try:
-                    self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-                except optuna.exceptions.UpdateFinishedTrialError:
-                    pass  # another worker failed it first
-        trials = self.trials()
-        pending = {t.user_attrs.get("arch") for t in trials if t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)}
-        retried = {t.user_attrs.get("retry_of") for t in trials}
-        for t in trials:
-            key = t.user_attrs.get("arch")
-            if t.state == TrialState.FAIL and key and key not in pending and t.number not in retried:
-                self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "arch": key})
-                pending.add(key)
 
     # -- progress and stopping ------------------------------------------------------------------
 
@@ -407,56 +293,61 @@ class _Search:
 
     # -- strategies -----------------------------------------------------------------------------
 
-    def run_sampler(self) -> None:
-        if self.target is not None and self.evaluated(self.trials()) >= self.target:
-            return
-        self.study.optimize(self.objective, callbacks=[self.after_trial], gc_after_trial=False)
+    def run(self) -> tuple[list[SlimmingStep], bool, list[str]]:
+        """Run this worker's part of the strategy: the slimming's decisions (if it is the slimming),
+        whether the search is finished, and notes for the person running it."""
+        if self.config.strategy == "slimming":
+            return self.run_slimming()
+        if self.target is None or self.evaluated(self.trials()) < self.target:
+            self.study.optimize(self.objective, callbacks=[self.after_trial], gc_after_trial=False)
+        if self.exhausted:
+            return [], True, [f"the sampler proposed only evaluated architectures {_MAX_CACHED_IN_A_ROW} times in a row; stopped"]
+        return [], self.target is not None and self.evaluated(self.trials()) >= self.target, []
 
     def scores(self, items: list[tuple[ArchSpec, dict[str, Any]]]) -> dict[ArchSpec, float]:
         """Accuracy of each spec: stored scores first, then one trial per missing architecture
         (architectures another worker is evaluating are waited for, not repeated)."""
-        wanted = {spec.to_json(): (spec, note) for spec, note in items}
+        wanted = {spec.to_json(): spec for spec, _ in items}
+        notes = {spec.to_json(): note for spec, note in items}
         keys = list(wanted)
-        shift = self.worker_index % len(keys)  # workers of one study start at different candidates
+        shift = self.worker.index % len(keys)  # workers of one study start at different candidates
         keys = keys[shift:] + keys[:shift]
         while True:
             trials = self.trials()
             known = self.known_scores(trials)
             missing = [k for k in keys if k not in known]
             if not missing:
-                return {wanted[k][0]: known[k] for k in keys}
+                return {wanted[k]: known[k] for k in keys}
             busy = {t.user_attrs.get("arch") for t in trials if t.state == TrialState.RUNNING}
             free = [k for k in missing if k not in busy]
             if not free:
-                time.sleep(_POLL_S)
-                self.reap(throttled=True)
+                self.worker.wait()
                 continue
             if self.target is not None and self.evaluated(trials) >= self.target:
                 raise _TrialBudgetSpent
-            spec, note = wanted[free[0]]
-            self.notes[free[0]] = note
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self.study.sampler = optuna.samplers.PartialFixedSampler(params_from_spec(self.space, spec), self.base_sampler)
-            self.study.optimize(self.objective, n_trials=1, callbacks=[self.after_trial], gc_after_trial=False)
+            with _proposing(self.study, params_from_spec(self.space, wanted[free[0]])):
+                self.study.optimize(partial(self.objective, notes=notes), n_trials=1, callbacks=[self.after_trial], gc_after_trial=False)
 
-    def run_slimming(self) -> tuple[list[SlimmingStep], bool]:
-        """The slimming's decisions so far, and whether it ran to its end."""
+    def run_slimming(self) -> tuple[list[SlimmingStep], bool, list[str]]:
+        """The slimming (or this worker's share of it) until it ends or the trial budget is spent."""
         path: list[SlimmingStep] = []
 
         def on_step(step: SlimmingStep) -> None:
             path.append(step)
             self.show(self.trials(), phase=f"{step.phase} {step.step}")
 
-        def latency(spec: ArchSpec) -> dict[str, float]:
-            return {b.name: b.latency_ms(spec) for b in self.budgets}
-
         limits = {b.name: b.limit_ms for b in self.budgets}
         try:
-            slimming(self.space, latency, limits, self.scores, on_step)
+            slimming(self.space, self.latency, limits, self.scores, on_step)
+            completed = True
         except _TrialBudgetSpent:
-            return path, False
-        return path, True
+            completed = False
+        if path:
+            self.study.set_user_attr("slimming_path", [step.to_dict() for step in path])
+        if completed:
+            self.study.set_user_attr("slimming_finished", True)
+            return path, True, []
+        return path, False, [f"the trial budget ({self.config.trials}) ran out before the slimming ended; the best feasible trial so far is reported"]
 
     # -- references -----------------------------------------------------------------------------
 
@@ -466,7 +357,7 @@ class _Search:
         known = self.known_scores(self.trials())
         result = {}
         for name, spec in self.space.presets:
-            latency = {b.name: b.latency_ms(spec) for b in self.budgets}
+            latency = self.latency(spec)
             entry = stored.get(name)
             if entry is None or entry.get("arch") != spec.to_dict():
                 accuracy = known.get(spec.to_json())
@@ -479,8 +370,6 @@ class _Search:
 
 def load_evaluator(config: SearchConfig) -> Evaluator:
     """The supernet of ``config`` on its device, wrapped in an evaluator with its settings."""
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
     device = config.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -496,28 +385,9 @@ def _check_evaluator(evaluator: Evaluator, config: SearchConfig) -> None:
         raise EfnasError(f"the evaluator's settings {evaluator.describe()} differ from the search's {config.eval_config}")
 
 
-def run_search(config: SearchConfig, *, evaluator: Evaluator | None = None, show_progress: bool = True) -> SearchResult:
-    """Run (or continue) a search and write its results into ``config.out``.
-
-    Safe to run from several processes or machines at once with the same storage and study name:
-    they share the trials. Returns what the study holds when this worker stops. Searches of one
-    supernet with the same scoring settings may share an ``evaluator`` (see :func:`load_evaluator`),
-    and with it the scores it has cached.
-    """
-    if evaluator is None:
-        evaluator = load_evaluator(config)
-    else:
-        _check_evaluator(evaluator, config)
-        if config.threads is not None:
-            torch.set_num_threads(config.threads)
-    info = evaluator.info
-    budgets = resolve_budgets(info.space, config.budgets)
-    identity = _identity(config, info, evaluator.supernet_digest, budgets, evaluator)
-
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+def _open_study(config: SearchConfig, storage: optuna.storages.RDBStorage, identity: dict[str, Any]) -> optuna.Study:
+    """The study of ``config`` in ``storage``, made if new; refused if it was made with other settings."""
     url = config.storage_url
-    storage = _open_storage(url)
     directions = ["maximize", "minimize"] if config.strategy == "nsga2" else ["maximize"]
     study = optuna.create_study(storage=storage, study_name=config.study_name, directions=directions, load_if_exists=True)
     stored = study.user_attrs.get("efnas")
@@ -531,59 +401,60 @@ def run_search(config: SearchConfig, *, evaluator: Evaluator | None = None, show
             f"study '{config.study_name}' in {url} was made with other settings ({what}); rerun with the "
             "study's settings to continue it, or choose another --study or --out"
         )
-    worker_index = int(study.user_attrs.get("workers", 0))
-    study.set_user_attr("workers", worker_index + 1)
-    seed = config.seed if worker_index == 0 else random.Random(f"{config.seed}:{worker_index}").randrange(2**31)
-    study.sampler = _sampler(config.strategy, seed, config.population)
+    return study
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    notes = []
-    with Progress(*columns, console=console, disable=not show_progress) as progress:
-        search = _Search(config, study, storage, budgets, evaluator, worker_index, progress)
-        search.reap()
-        evaluated_before = search.evaluated(search.trials())
-        search.show(search.trials())
-        path: list[SlimmingStep] = []
-        if config.strategy == "slimming":
-            path, completed = search.run_slimming()
-            finished = completed
-            if not completed:
-                notes.append(f"the trial budget ({config.trials}) ran out before the slimming ended; the best feasible trial so far is reported")
-            if path:
-                study.set_user_attr("slimming_path", [step.to_dict() for step in path])
-            if completed:
-                study.set_user_attr("slimming_finished", True)
+
+def run_search(config: SearchConfig, *, evaluator: Evaluator | None = None, show_progress: bool = True) -> SearchResult:
+    """Run (or continue) a search and write its results into ``config.out``.
+
+    Safe to run from several processes or machines at once with the same storage and study name:
+    they share the trials. Returns what the study holds when this worker stops. Searches of one
+    supernet with the same scoring settings may share an ``evaluator`` (see :func:`load_evaluator`),
+    and with it the scores it has cached.
+    """
+    with torch_threads(config.threads):
+        if evaluator is None:
+            evaluator = load_evaluator(config)
         else:
-            search.run_sampler()
-            finished = search.target is not None and search.evaluated(search.trials()) >= search.target
-            if search.exhausted:
-                finished = True
-                notes.append(f"the sampler proposed only evaluated architectures {_MAX_CACHED_IN_A_ROW} times in a row; stopped")
-        presets = search.presets()
+            _check_evaluator(evaluator, config)
+        budgets = resolve_budgets(evaluator.info.space, config.budgets)
+        identity = _identity(config, evaluator.info, evaluator.supernet_digest, budgets, evaluator)
+        Path(config.out).mkdir(parents=True, exist_ok=True)
+        storage = open_storage(config.storage_url)
+        worker = Worker.join(_open_study(config, storage, identity), storage)
+        worker.study.sampler = _sampler(config.strategy, _worker_seed(config.seed, worker.index), config.population)
 
-    trials = search.trials()
-    records = [TrialRecord.from_trial(t) for t in trials]
-    result = SearchResult(
-        study=config.study_name,
-        storage=url,
-        out=out,
-        strategy=config.strategy,
-        budgets=[b.to_dict() for b in budgets],
-        limits={b.name: b.limit_ms for b in budgets},
-        records=records,
-        best=best_record(records),
-        presets=presets,
-        evaluated=search.evaluated(trials),
-        added=search.evaluated(trials) - evaluated_before,
-        finished=finished,
-        slimming_path=[step.to_dict() for step in path],
-        notes=notes,
-    )
-    _write_results(result, config, info, evaluator, identity)
+        with progress_bar(show=show_progress) as progress:
+            search = _Search(config, worker, budgets, evaluator, progress)
+            worker.reap()
+            evaluated_before = search.evaluated(search.trials())
+            search.show(search.trials())
+            path, finished, notes = search.run()
+            presets = search.presets()
+
+        trials = search.trials()
+        records = [TrialRecord.from_trial(t) for t in trials]
+        result = SearchResult(
+            study=config.study_name,
+            storage=config.storage_url,
+            out=Path(config.out),
+            strategy=config.strategy,
+            budgets=[b.to_dict() for b in budgets],
+            limits={b.name: b.limit_ms for b in budgets},
+            records=records,
+            best=best_record(records),
+            presets=presets,
+            evaluated=search.evaluated(trials),
+            added=search.evaluated(trials) - evaluated_before,
+            finished=finished,
+            slimming_path=[step.to_dict() for step in path],
+            notes=notes,
+        )
+        _write_results(result, config, evaluator, identity)
     return result
 
 
-def _write_results(result: SearchResult, config: SearchConfig, info: CheckpointInfo, evaluator: Evaluator, identity: dict[str, Any]) -> None:
+def _write_results(result: SearchResult, config: SearchConfig, evaluator: Evaluator, identity: dict[str, Any]) -> None:
     out = result.out
     names = list(result.limits)
     atomic_write_text(out / "trials.csv", trials_csv(result.records, names))
@@ -604,7 +475,7 @@ def _write_results(result: SearchResult, config: SearchConfig, info: CheckpointI
         "trial": best.number,
         "study": result.study,
         "storage": result.storage,
-        "supernet": str(info.path),
+        "supernet": str(evaluator.info.path),
         "strategy": result.strategy,
         "budgets": result.budgets,
         "params": count_params(best.spec),

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import textwrap
 
 from rich.table import Table
 
+from supernet.cliconfig import ConfigFlags, Flag
 from supernet.io import console
 from supernet.model import count_macs, count_params
 from supernet.space import builtin_space_names, load_space
 
-__all__ = ["DocFormatter", "register"]
+__all__ = ["DocFormatter", "register", "train_flags"]
 
 
 class DocFormatter(argparse.RawDescriptionHelpFormatter):
@@ -75,6 +77,10 @@ _TRAIN_HELP = {
     "label_smoothing": "label smoothing of the largest subnet's loss",
     "num_random": "random subnets trained each step besides the largest and the smallest (sandwich rule)",
     "kd_temperature": "softmax temperature of the in-place distillation",
+    "subnet_label_weight": "share of the label loss in the other subnets' loss (the rest is distillation from the largest)",
+    "subnet_weight": "weight of each other subnet's loss relative to the largest subnet's",
+    "largest_only_epochs": "epochs that train the largest subnet alone before the sandwich starts (a trained teacher first)",
+    "final_lr_ratio": "the cosine decay ends at this fraction of --lr instead of zero",
     "teacher": "state dict of a static EfficientFormer (timm layout) distilled into every subnet instead of the largest subnet's outputs",
     "init_from": "warm start: a timm (or exported) EfficientFormer state dict loaded into the supernet at its own architecture",
     "seed": "seed of the initial weights, the data order and the sampled subnets",
@@ -87,9 +93,18 @@ _TRAIN_HELP = {
 }
 
 
-def _register_train(subparsers: argparse._SubParsersAction) -> None:
+@functools.cache
+def train_flags() -> ConfigFlags:
+    """The flags of ``efnas train``: one per field of :class:`supernet.train.TrainConfig`."""
     from supernet.train import TrainConfig
 
+    return ConfigFlags(TrainConfig, {
+        field.name: Flag(f"{_TRAIN_HELP[field.name]} (default: %(default)s)", metavar=field.name.upper())
+        for field in dataclasses.fields(TrainConfig)
+    })
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train a weight-sharing supernet once (sandwich rule + in-place distillation)",
@@ -111,22 +126,17 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
             "  torchrun --nproc-per-node 2 -m nas.cli train --space tiny --out runs/ddp"
         ),
     )
-    for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        kind = int if str(field.type).startswith("int") else float if str(field.type).startswith("float") else str
-        parser.add_argument(flag, type=kind, default=None, metavar=field.name.upper(),
-                            help=f"{_TRAIN_HELP[field.name]} (default: {field.default})")
+    train_flags().add_arguments(parser)
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     parser.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from supernet.train import TrainConfig, train
+    from supernet.train import train
 
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
-    config = TrainConfig(**given)
-    result = train(config, resume=args.resume, explicit=set(given), show_progress=not args.no_progress)
+    config, given = train_flags().from_args(args)
+    result = train(config, resume=args.resume, explicit=given, show_progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         metrics = result.metrics
         table = Table(title=f"Supernet of space '{result.space.name}' — {result.checkpoint}")
@@ -141,11 +151,15 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_json(data: object) -> int:
+    console.print_json(json.dumps(data))
+    return 0
+
+
 def _run_presets(args: argparse.Namespace) -> int:
     space = load_space(args.space)
     if args.json:
-        console.print_json(json.dumps({name: spec.to_dict() for name, spec in space.presets}))
-        return 0
+        return _print_json({name: spec.to_dict() for name, spec in space.presets})
     table = Table(title=f"Presets of space '{space.name}' ({space.resolution}x{space.resolution}, {space.num_classes} classes)")
     for column in ("preset", "widths", "depths", "Meta3D", "MLP ratios", "params", "GMACs"):
         table.add_column(column, justify="right" if column in ("params", "GMACs", "Meta3D") else "left")
@@ -166,8 +180,7 @@ def _run_presets(args: argparse.Namespace) -> int:
 def _run_space(args: argparse.Namespace) -> int:
     space = load_space(args.space)
     if args.json:
-        console.print_json(json.dumps(space.to_dict()))
-        return 0
+        return _print_json(space.to_dict())
     table = Table(title=f"Space '{space.name}' — {space.description}" if space.description else f"Space '{space.name}'")
     for column in ("stage", "resolution", "widths", "depths", "MLP ratios"):
         table.add_column(column)

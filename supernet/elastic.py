@@ -22,6 +22,7 @@ from torch import nn
 
 from supernet.errors import EfnasError
 from supernet.model import (
+    Attention,
     ConvMlp,
     Downsample,
     EfficientFormer,
@@ -95,14 +96,10 @@ class ElasticMeta4D(Meta4D):
 
 class ElasticMeta3D(Meta3D):
     def forward(self, x: torch.Tensor, mlp_ratio: int) -> torch.Tensor:  # type: ignore[override]
-        batch, tokens, width = x.shape
-        attn = self.token_mixer
-        h = _layer_norm(self.norm1, x)
-        qkv = _linear(attn.qkv, h, attn.qkv.out_features)  # (B, N, heads * (2k + v)): never sliced
-        qkv = qkv.reshape(batch, tokens, attn.heads, -1).permute(0, 2, 1, 3)
-        q, k, v = qkv.split([attn.key_dim, attn.key_dim, attn.value_dim], dim=3)
-        scores = (q @ k.transpose(-2, -1)) * attn.scale + attn.attention_biases[:, attn.attention_bias_idxs]
-        h = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, tokens, -1)
+        width = x.shape[-1]
+        attn: Attention = self.token_mixer
+        # Only the input of qkv and the output of proj are elastic: heads and key dim are fixed.
+        h = attn.attend(_linear(attn.qkv, _layer_norm(self.norm1, x), attn.qkv.out_features))
         x = x + _linear(attn.proj, h, width) * self.ls1.gamma[:width]
         mlp: Mlp = self.mlp
         h = F.gelu(_linear(mlp.fc1, _layer_norm(self.norm2, x), width * mlp_ratio))
@@ -127,12 +124,10 @@ class ElasticStage(nn.Module):
 
 def _last_stage_kinds(space: SearchSpace) -> list[set[str]]:
     """For each position of the last stage, the block kinds some architecture of the space puts there."""
-    last = space.stages[-1]
-    kinds: list[set[str]] = [set() for _ in range(last.depth_max)]
-    for depth in last.depths:
-        for num_meta3d in range(space.meta3d_min, min(space.meta3d_max, depth) + 1):
-            for position in range(depth):
-                kinds[position].add("meta3d" if position >= depth - num_meta3d else "meta4d")
+    kinds: list[set[str]] = [set() for _ in range(space.stages[-1].depth_max)]
+    for depth, num_meta3d in space.last_stage_choices():
+        for position in range(depth):
+            kinds[position].add("meta3d" if position >= depth - num_meta3d else "meta4d")
     return kinds
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["EfnasError", "read_user_file"]
+__all__ = ["ConfigError", "EfnasError", "read_user_file"]
 
 
 class EfnasError(Exception):
@@ -17,6 +17,25 @@ class EfnasError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(message.split()))
+
+
+class ConfigError(EfnasError):
+    """A bad value of one field of a config dataclass, in the library's words: ``field`` names the
+    field, ``problem`` says what is wrong ("must be at least 1, got 0").
+
+    The library does not know how a field is spelled where the user wrote it; whoever read the
+    value presents it: the CLI as its flag (``--eval-seed must ...``, see
+    :meth:`supernet.cliconfig.ConfigFlags.from_args`), a batch file as its key.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = " ".join(problem.split())
+        super().__init__(f"{field} {self.problem}")
+
+    def renamed(self, names: dict[str, str]) -> ConfigError:
+        """The same error for a config that holds this one under other field names."""
+        return ConfigError(names.get(self.field, self.field), self.problem)
 
 
 def read_user_file(path: Path, what: str) -> str:

@@ -127,13 +127,17 @@ class Attention(nn.Module):
         self.attention_biases = nn.Parameter(torch.zeros(heads, resolution * resolution))
         self.register_buffer("attention_bias_idxs", attention_bias_index(resolution))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, _ = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, self.heads, -1).permute(0, 2, 1, 3)  # (B, h, N, 2k+v)
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """From the (B, N, heads * (2k + v)) output of ``qkv`` to the (B, N, heads * v) input of
+        ``proj``: the part the elastic supernet shares unchanged (it slices only qkv and proj)."""
+        batch, tokens, _ = qkv.shape
+        qkv = qkv.reshape(batch, tokens, self.heads, -1).permute(0, 2, 1, 3)  # (B, h, N, 2k+v)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=3)
         attn = (q @ k.transpose(-2, -1)) * self.scale + self.attention_biases[:, self.attention_bias_idxs]
-        x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, tokens, -1)  # (B, N, h*v)
-        return self.proj(x)
+        return (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, tokens, -1)  # (B, N, h*v)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.attend(self.qkv(x)))
 
 
 class Meta4D(nn.Module):

@@ -267,12 +267,7 @@ class SearchSpace:
             "meta3d": [self.meta3d_min, self.meta3d_max],
             "stages": [stage.to_dict() for stage in self.stages],
             "presets": {
-                name: {
-                    "widths": list(spec.widths),
-                    "depths": list(spec.depths),
-                    "num_meta3d": spec.num_meta3d,
-                    "mlp_ratios": list(spec.mlp_ratios),
-                }
+                name: {key: value for key, value in spec.to_dict().items() if key in _PRESET_KEYS}
                 for name, spec in self.presets
             },
         }
@@ -326,10 +321,19 @@ class SearchSpace:
         for stage in self.stages[:-1]:
             total *= len(stage.widths) * len(stage.mlp_ratios) * len(stage.depths)
         last = self.stages[-1]
-        last_combos = sum(
-            max(0, min(self.meta3d_max, depth) - self.meta3d_min + 1) for depth in last.depths
-        )
-        return total * len(last.widths) * len(last.mlp_ratios) * last_combos
+        return total * len(last.widths) * len(last.mlp_ratios) * len(self.last_stage_choices())
+
+    def meta3d_choices(self, depth: int) -> range:
+        """How many of ``depth`` last-stage blocks may be Meta3D: the space's range, capped by the depth."""
+        return range(self.meta3d_min, min(self.meta3d_max, depth) + 1)
+
+    def last_stage_choices(self) -> tuple[tuple[int, int], ...]:
+        """Every valid (last-stage depth, number of Meta3D blocks) pair, by depth then Meta3D count.
+
+        The two are coupled (the Meta3D blocks are the last ``num_meta3d`` of the last stage's
+        blocks), so this is the one place that says which pairs exist.
+        """
+        return tuple((depth, m) for depth in self.stages[-1].depths for m in self.meta3d_choices(depth))
 
     # -- membership -----------------------------------------------------------------------------
 
@@ -427,8 +431,30 @@ class SearchSpace:
         widths = [rng.choice(s.widths) for s in self.stages]
         depths = [rng.choice(s.depths) for s in self.stages]
         ratios = [rng.choice(s.mlp_ratios) for s in self.stages]
-        num_meta3d = rng.randint(self.meta3d_min, min(self.meta3d_max, depths[-1]))
+        num_meta3d = rng.choice(self.meta3d_choices(depths[-1]))  # draws as randint(min, max) did
         return self.spec(widths, depths, num_meta3d, ratios)
+
+    def edit(
+        self,
+        spec: ArchSpec,
+        *,
+        stage: int | None = None,
+        width: int | None = None,
+        depth: int | None = None,
+        mlp_ratio: int | None = None,
+        num_meta3d: int | None = None,
+    ) -> ArchSpec:
+        """``spec`` with stage ``stage`` (0-based) and/or the Meta3D count changed, validated
+        against this space (a one-line :class:`EfnasError` if the result leaves it)."""
+        if (width, depth, mlp_ratio) != (None, None, None) and stage is None:
+            raise EfnasError("an edit of a width, depth or MLP ratio needs the stage it applies to")
+        if stage is not None and not 0 <= stage < self.num_stages:
+            raise EfnasError(f"stage index {stage} is outside 0..{self.num_stages - 1} of space '{self.name}'")
+        widths, depths, ratios = list(spec.widths), list(spec.depths), list(spec.mlp_ratios)
+        for values, value in ((widths, width), (depths, depth), (ratios, mlp_ratio)):
+            if value is not None:
+                values[stage] = value  # type: ignore[index]
+        return self.spec(widths, depths, spec.num_meta3d if num_meta3d is None else num_meta3d, ratios)
 
 
 # -- file format -------------------------------------------------------------------------------
@@ -445,7 +471,7 @@ _SPACE_KEYS = {
     "stages",
     "presets",
 }
-_STAGE_KEYS = {"widths", "depths", "mlp_ratios"}
+_STAGE_KEYS = ("widths", "depths", "mlp_ratios")
 _PRESET_KEYS = {"widths", "depths", "num_meta3d", "mlp_ratios"}
 
 
@@ -481,6 +507,40 @@ def _require_int(data: Mapping[str, Any], key: str, source: str, default: int | 
     return value
 
 
+def _check_table(raw: Any, where: str, *, known: tuple[str, ...], required: tuple[str, ...]) -> None:
+    if not isinstance(raw, Mapping):
+        raise EfnasError(f"{where} must be a table")
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise EfnasError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys are {', '.join(known)}")
+    for key in required:
+        if key not in raw:
+            raise EfnasError(f"{where}: missing key '{key}'")
+
+
+def _parse_stage(raw: Any, where: str, default_ratios: tuple[int, ...] | None) -> StageChoices:
+    _check_table(raw, where, known=_STAGE_KEYS, required=("widths", "depths"))
+    widths = _parse_choices(raw["widths"], f"{where} widths")
+    if any(w % 2 for w in widths):
+        raise EfnasError(f"{where} widths must be even (the stem's first conv has half the width), got {list(widths)}")
+    depth_min, depth_max = _parse_range(raw["depths"], f"{where} depths", 1)
+    if "mlp_ratios" in raw:
+        ratios = _parse_choices(raw["mlp_ratios"], f"{where} mlp_ratios")
+    elif default_ratios is not None:
+        ratios = default_ratios
+    else:
+        raise EfnasError(f"{where}: no mlp_ratios (give them per stage or once at the top level)")
+    return StageChoices(widths, depth_min, depth_max, ratios)
+
+
+def _parse_preset(space: SearchSpace, raw: Any, where: str) -> ArchSpec:
+    _check_table(raw, where, known=tuple(sorted(_PRESET_KEYS)), required=("widths", "depths", "num_meta3d"))
+    try:
+        return space.spec(raw["widths"], raw["depths"], raw["num_meta3d"], raw.get("mlp_ratios"))
+    except EfnasError as exc:
+        raise EfnasError(f"{where}: {exc}") from None
+
+
 def _parse_space(data: Mapping[str, Any], source: str) -> SearchSpace:
     if not isinstance(data, Mapping):
         raise EfnasError(f"{source}: a space must be a table/object")
@@ -494,28 +554,7 @@ def _parse_space(data: Mapping[str, Any], source: str) -> SearchSpace:
     raw_stages = data.get("stages")
     if not isinstance(raw_stages, list) or len(raw_stages) < 2:
         raise EfnasError(f"{source}: 'stages' must be a list of at least 2 stage tables")
-    stages = []
-    for i, raw in enumerate(raw_stages, 1):
-        where = f"{source}: stage {i}"
-        if not isinstance(raw, Mapping):
-            raise EfnasError(f"{where} must be a table")
-        unknown = sorted(set(raw) - _STAGE_KEYS)
-        if unknown:
-            raise EfnasError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys are widths, depths, mlp_ratios")
-        for key in ("widths", "depths"):
-            if key not in raw:
-                raise EfnasError(f"{where}: missing key '{key}'")
-        widths = _parse_choices(raw["widths"], f"{where} widths")
-        if any(w % 2 for w in widths):
-            raise EfnasError(f"{where} widths must be even (the stem's first conv has half the width), got {list(widths)}")
-        depth_min, depth_max = _parse_range(raw["depths"], f"{where} depths", 1)
-        if "mlp_ratios" in raw:
-            ratios = _parse_choices(raw["mlp_ratios"], f"{where} mlp_ratios")
-        elif default_ratios is not None:
-            ratios = default_ratios
-        else:
-            raise EfnasError(f"{where}: no mlp_ratios (give them per stage or once at the top level)")
-        stages.append(StageChoices(widths, depth_min, depth_max, ratios))
+    stages = [_parse_stage(raw, f"{source}: stage {i}", default_ratios) for i, raw in enumerate(raw_stages, 1)]
     meta3d_min, meta3d_max = _parse_range(data.get("meta3d", [0, 0]), f"{source}: meta3d", 0)
     if meta3d_max > stages[-1].depth_max:
         raise EfnasError(f"{source}: meta3d maximum {meta3d_max} exceeds the last stage's maximum depth {stages[-1].depth_max}")
@@ -538,23 +577,8 @@ def _parse_space(data: Mapping[str, Any], source: str) -> SearchSpace:
     raw_presets = data.get("presets", {})
     if not isinstance(raw_presets, Mapping):
         raise EfnasError(f"{source}: 'presets' must be a table of named architectures")
-    presets = []
-    for preset_name, raw in raw_presets.items():
-        where = f"{source}: preset {preset_name}"
-        if not isinstance(raw, Mapping):
-            raise EfnasError(f"{where} must be a table")
-        unknown = sorted(set(raw) - _PRESET_KEYS)
-        if unknown:
-            raise EfnasError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys are {', '.join(sorted(_PRESET_KEYS))}")
-        for key in ("widths", "depths", "num_meta3d"):
-            if key not in raw:
-                raise EfnasError(f"{where}: missing key '{key}'")
-        try:
-            spec = space.spec(raw["widths"], raw["depths"], raw["num_meta3d"], raw.get("mlp_ratios"))
-        except EfnasError as exc:
-            raise EfnasError(f"{where}: {exc}") from None
-        presets.append((preset_name, spec))
-    return dataclasses.replace(space, presets=tuple(presets))
+    presets = tuple((key, _parse_preset(space, raw, f"{source}: preset {key}")) for key, raw in raw_presets.items())
+    return dataclasses.replace(space, presets=presets)
 
 
 def builtin_space_names() -> tuple[str, ...]:

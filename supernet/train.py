@@ -18,6 +18,8 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -25,14 +27,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from torch import nn
 
 from supernet.checkpoint import load_checkpoint, save_checkpoint
 from supernet.elastic import Supernet, infer_spec
 from supernet.errors import EfnasError
 from supernet.evaluate import evaluate_spec
-from supernet.io import atomic_write_json, atomic_write_text, console, provenance
+from supernet.io import atomic_write_json, atomic_write_text, console, progress_bar, provenance
 from supernet.model import EfficientFormer, build_model
 from supernet.optim import distillation_loss, param_groups, warmup_cosine
 from supernet.space import ArchSpec, SearchSpace, load_space
@@ -49,13 +51,17 @@ class TrainConfig:
     out: str = "runs/supernet"  # run folder: supernet.pt, metrics.jsonl, config.json
     epochs: int = 10
     steps_per_epoch: int | None = None  # cap on steps per epoch, for quick trials
-    batch_size: int = 128  # per process
+    batch_size: int = 64  # per process; 64 measured best at the demo's image budget (docs/benchmarks/supernet_recipe.md)
     lr: float = 2e-3  # peak AdamW learning rate
     weight_decay: float = 0.05  # on conv/linear weights only
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1  # largest subnet's loss on the labels
     num_random: int = 2  # random subnets per step besides the largest and the smallest
     kd_temperature: float = 1.0
+    subnet_label_weight: float = 0.5  # share of the label loss in the other subnets' loss (the rest: distillation)
+    subnet_weight: float = 1.0  # weight of each other subnet's loss relative to the largest's
+    largest_only_epochs: float = 0.0  # epochs that train the largest subnet alone before the sandwich starts
+    final_lr_ratio: float = 0.0  # the cosine ends at this fraction of --lr (BigNAS ends at a constant)
     teacher: str | None = None  # static EfficientFormer state dict distilled into every subnet
     init_from: str | None = None  # timm/our EfficientFormer state dict to warm-start the supernet
     seed: int = 0
@@ -76,6 +82,10 @@ class TrainConfig:
         for name in ("lr", "kd_temperature"):
             if getattr(self, name) <= 0:
                 raise EfnasError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.subnet_label_weight <= 1 or not 0 <= self.final_lr_ratio <= 1:
+            raise EfnasError("--subnet-label-weight and --final-lr-ratio must be in [0, 1]")
+        if self.subnet_weight < 0 or self.largest_only_epochs < 0:
+            raise EfnasError("--subnet-weight and --largest-only-epochs must not be negative")
         if not 0 <= self.label_smoothing < 1:
             raise EfnasError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.num_random < 0 or self.weight_decay < 0 or self.warmup_epochs < 0 or self.eval_every < 0:
@@ -110,11 +120,13 @@ def sandwich_specs(space: SearchSpace, seed: int, step: int, num_random: int) ->
 class SandwichLoss(nn.Module):
     """The loss of one sandwich step, as one module so that DDP sees one forward per step."""
 
-    def __init__(self, supernet: Supernet, label_smoothing: float, temperature: float) -> None:
+    def __init__(self, supernet: Supernet, config: TrainConfig) -> None:
         super().__init__()
         self.supernet = supernet
-        self.label_smoothing = label_smoothing
-        self.temperature = temperature
+        self.label_smoothing = config.label_smoothing
+        self.temperature = config.kd_temperature
+        self.label_weight = config.subnet_label_weight
+        self.subnet_weight = config.subnet_weight
 
     def distill(self, logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
         return distillation_loss(logits, target_logits, self.temperature)
@@ -129,7 +141,12 @@ class SandwichLoss(nn.Module):
         target = teacher_logits if teacher_logits is not None else largest
         loss = loss_largest
         for spec in specs[1:]:
-            loss = loss + self.distill(self.supernet(images, spec), target)
+            logits = self.supernet(images, spec)
+            subnet_loss = self.distill(logits, target)
+            if self.label_weight:
+                label_loss = F.cross_entropy(logits.float(), labels)
+                subnet_loss = self.label_weight * label_loss + (1 - self.label_weight) * subnet_loss
+            loss = loss + self.subnet_weight * subnet_loss
         return loss, loss_largest.detach()
 
 
@@ -226,6 +243,210 @@ def _check_resume_config(stored: dict[str, Any], given: TrainConfig, explicit: s
     return TrainConfig(**{f.name: merged.get(f.name, f.default) for f in dataclasses.fields(TrainConfig)})
 
 
+@dataclass
+class _Run:
+    """Everything one training run holds: built by :func:`_setup`, advanced by the loop in :func:`train`."""
+
+    config: TrainConfig
+    ddp: _Distributed
+    space: SearchSpace
+    data: Any
+    supernet: Supernet
+    teacher: EfficientFormer | None
+    optimizer: torch.optim.Optimizer
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    largest_only_steps: int
+    step: int
+    metrics: dict[str, Any]
+    data_record: dict[str, Any]
+    finished: bool
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.config.out) / "supernet.pt"
+
+    @property
+    def metrics_path(self) -> Path:
+        return Path(self.config.out) / "metrics.jsonl"
+
+    def lr(self) -> float:
+        c = self.config
+        return warmup_cosine(self.step, self.total_steps, self.warmup_steps, c.lr, c.final_lr_ratio * c.lr)
+
+    def specs(self) -> list[ArchSpec]:
+        """This step's subnets: the largest alone while the teacher warms up, then the sandwich."""
+        specs = sandwich_specs(self.space, self.config.seed, self.step, self.config.num_random)
+        return specs[:1] if self.step < self.largest_only_steps else specs
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The remaining training batches, from the current step on (a pure function of seed and step)."""
+        c = self.config
+        for epoch in range(self.step // self.steps_per_epoch, c.epochs):
+            start = self.step - epoch * self.steps_per_epoch
+            yield from islice(
+                self.data.train_batches(epoch, c.batch_size, seed=c.seed, rank=self.ddp.rank, world_size=self.ddp.world_size, start_batch=start),
+                self.steps_per_epoch - start,
+            )
+
+    def validate(self) -> None:
+        """Top-1 of the largest and smallest subnets after BN recalibration (rank 0; the others wait)."""
+        if self.ddp.is_main:
+            for name, spec in (("largest", self.space.largest()), ("smallest", self.space.smallest())):
+                self.metrics[f"val_top1_{name}"] = evaluate_spec(
+                    self.supernet, spec, self.data, calib_batches=self.config.calib_batches,
+                    batch_size=self.config.batch_size, seed=self.config.seed, device=self.ddp.device,
+                )
+            self.metrics["val_step"] = self.step
+            record = {k: self.metrics[k] for k in ("val_top1_largest", "val_top1_smallest")}
+            _append_metrics(self.metrics_path, {"step": self.step, "epoch": self.step / self.steps_per_epoch, **record})
+        self.ddp.barrier()
+
+    def save(self, finished: bool) -> None:
+        if not self.ddp.is_main:
+            return
+        save_checkpoint(self.checkpoint_path, {
+            "model": self.supernet.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": {"kind": "warmup-cosine", "warmup_steps": self.warmup_steps, "peak_lr": self.config.lr,
+                         "final_lr": self.config.final_lr_ratio * self.config.lr},
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "finished": finished,
+            "rng": {"torch": torch.get_rng_state()},
+            "space": self.space.to_dict(),
+            "fingerprint": self.space.fingerprint(),
+            "config": asdict(self.config),
+            "data": self.data_record,
+            "metrics": self.metrics,
+            "provenance": provenance(),
+        })
+
+
+def _setup(config: TrainConfig, resume: bool, explicit: set[str]) -> _Run:
+    """Load or initialise everything a run needs; on resume, restore the killed run's exact state."""
+    from supernet.data import load_data
+
+    checkpoint_path = Path(config.out) / "supernet.pt"
+    stored = None
+    if resume:
+        if not checkpoint_path.exists():
+            raise EfnasError(f"nothing to resume: {checkpoint_path} does not exist")
+        stored = load_checkpoint(checkpoint_path)
+        config = _check_resume_config(stored["config"], config, explicit)
+    elif checkpoint_path.exists():
+        raise EfnasError(f"{config.out} already holds a supernet checkpoint; pass --resume to continue it, or choose another --out")
+
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    ddp = _Distributed(config.device, config.threads)
+    space = load_space(config.space)
+    data = load_data(config.data, space.resolution, seed=config.seed, workers=config.workers)
+    if data.num_classes != space.num_classes:
+        space = space.with_num_classes(data.num_classes)
+    if stored is not None and stored["fingerprint"] != space.fingerprint():
+        raise EfnasError(f"checkpoint {checkpoint_path} was trained on another space (fingerprint {stored['fingerprint']}, now {space.fingerprint()})")
+
+    torch.manual_seed(config.seed)  # the initial weights; nothing later draws from the global RNG
+    supernet = Supernet(space)
+    if config.init_from and stored is None:
+        note = _warm_start(supernet, space, config.init_from)
+        if ddp.is_main:
+            console.print(note)
+    supernet.to(ddp.device)
+    teacher = _load_teacher(config.teacher, space.resolution, space.num_classes, space).to(ddp.device) if config.teacher else None
+    optimizer = torch.optim.AdamW(param_groups(supernet, config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
+
+    steps_per_epoch = data.num_train_batches(config.batch_size, ddp.world_size)
+    if config.steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
+    if steps_per_epoch < 1:
+        raise EfnasError(f"the training set is too small for batch size {config.batch_size} on {ddp.world_size} process(es)")
+    run = _Run(
+        config=config, ddp=ddp, space=space, data=data, supernet=supernet, teacher=teacher, optimizer=optimizer,
+        steps_per_epoch=steps_per_epoch, total_steps=config.epochs * steps_per_epoch,
+        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+        largest_only_steps=round(config.largest_only_epochs * steps_per_epoch),
+        step=0, metrics={}, data_record=_data_record(data), finished=False,
+    )
+    if stored is not None:
+        _restore(run, stored)
+    return run
+
+
+def _warm_start(supernet: Supernet, space: SearchSpace, path: str) -> str:
+    state = load_static_checkpoint(path)
+    spec = infer_spec(state, space.with_num_classes(int(state["head.weight"].shape[0])))
+    spec = dataclasses.replace(spec, num_classes=space.num_classes)
+    skipped = supernet.load_static_state_dict(state, spec)
+    return f"warm start from {path} at {spec.label()}" + (f" (skipped {', '.join(skipped)}: other class count)" if skipped else "")
+
+
+def _restore(run: _Run, stored: dict[str, Any]) -> None:
+    if stored["total_steps"] != run.total_steps:
+        raise EfnasError(f"checkpoint expects {stored['total_steps']} steps but this run gives {run.total_steps}: resume with the same "
+            "data, --epochs, --steps-per-epoch, --batch-size and number of processes")
+    run.supernet.load_state_dict(stored["model"])
+    run.optimizer.load_state_dict(stored["optimizer"])
+    torch.set_rng_state(stored["rng"]["torch"])
+    run.step = int(stored["step"])
+    run.metrics = dict(stored.get("metrics", {}))
+    run.finished = bool(stored.get("finished"))
+
+
+def _data_record(data: Any) -> dict[str, Any]:
+    """What a checkpoint records of its data, so search and export find and preprocess it the same way."""
+    return {
+        "name": data.name, "num_classes": data.num_classes, "class_names": list(data.class_names),
+        "resolution": data.resolution, "mean": list(data.mean), "std": list(data.std),
+        "num_train": data.num_train, "num_val": data.num_val,
+    }
+
+
+class _Meter:
+    """Training throughput and mean losses over windows of 10 steps, shown and logged (rank 0).
+
+    Time spent validating and checkpointing is excluded: it is not training throughput.
+    """
+
+    WINDOW = 10
+
+    def __init__(self, run: _Run, progress: Progress, task: Any) -> None:
+        self.run, self.progress, self.task = run, progress, task
+        self.images_per_step = run.config.batch_size * run.ddp.world_size
+        self._reset()
+
+    def _reset(self) -> None:
+        self.start, self.steps, self.loss, self.sandwich, self.paused = time.perf_counter(), 0, 0.0, 0.0, 0.0
+
+    @contextmanager
+    def pause(self) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused += time.perf_counter() - began
+
+    def add(self, loss: torch.Tensor, loss_largest: torch.Tensor, lr: float) -> None:
+        run = self.run
+        self.steps += 1
+        self.loss += float(loss_largest)
+        self.sandwich += float(loss.detach())
+        if run.step % self.WINDOW and run.step != run.total_steps:
+            return
+        ips = self.steps * self.images_per_step / max(time.perf_counter() - self.start - self.paused, 1e-9)
+        mean_loss = self.loss / self.steps
+        self.progress.update(self.task, completed=run.step, loss=mean_loss, lr=lr, ips=ips)
+        if run.ddp.is_main:
+            _append_metrics(run.metrics_path, {
+                "step": run.step, "epoch": run.step / run.steps_per_epoch, "loss_largest": mean_loss,
+                "loss_sandwich": self.sandwich / self.steps, "lr": lr, "images_per_s": ips,
+            })
+        run.metrics.update({"images_per_s": ips, "loss_largest": mean_loss})
+        self._reset()
+
+
 def train(
     config: TrainConfig,
     *,
@@ -238,202 +459,59 @@ def train(
     ``explicit`` names the settings the user gave on the command line: on resume they must agree
     with the checkpoint's (a silently different schedule would not be the run that was killed).
     """
-    from supernet.data import load_data
+    run = _setup(config, resume, explicit or set())
+    config, ddp, supernet = run.config, run.ddp, run.supernet
+    if ddp.is_main:
+        Path(config.out).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(config.out) / "config.json", {"config": asdict(config), "space": run.space.to_dict(), "data": run.data_record})
+        _truncate_metrics(run.metrics_path, run.step)
+    if run.finished:
+        if ddp.is_main:
+            console.print(f"{run.checkpoint_path} is already finished ({run.step} steps); nothing to do")
+        return TrainResult(supernet.eval(), run.space, run.checkpoint_path, run.metrics)
 
-    run_dir = Path(config.out)
-    checkpoint_path = run_dir / "supernet.pt"
-    stored = None
-    if resume:
-        if not checkpoint_path.exists():
-            raise EfnasError(f"nothing to resume: {checkpoint_path} does not exist")
-        stored = load_checkpoint(checkpoint_path)
-        config = _check_resume_config(stored["config"], config, explicit or set())
-    elif checkpoint_path.exists():
-        raise EfnasError(f"{run_dir} already holds a supernet checkpoint; pass --resume to continue it, or choose another --out")
-
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    ddp = _Distributed(config.device, config.threads)
-    device = ddp.device
-    space = load_space(config.space)
-    data = load_data(config.data, space.resolution, seed=config.seed, workers=config.workers)
-    if data.num_classes != space.num_classes:
-        space = space.with_num_classes(data.num_classes)
-    if stored is not None and stored["fingerprint"] != space.fingerprint():
-        raise EfnasError(f"checkpoint {checkpoint_path} was trained on another space (fingerprint {stored['fingerprint']}, now {space.fingerprint()})")
-
-    torch.manual_seed(config.seed)  # the initial weights; nothing later draws from the global RNG
-    supernet = Supernet(space)
-    notes = []
-    if config.init_from and stored is None:
-        state = load_static_checkpoint(config.init_from)
-        spec = infer_spec(state, space.with_num_classes(int(state["head.weight"].shape[0])))
-        spec = dataclasses.replace(spec, num_classes=space.num_classes)
-        skipped = supernet.load_static_state_dict(state, spec)
-        notes.append(f"warm start from {config.init_from} at {spec.label()}" + (f" (skipped {', '.join(skipped)}: other class count)" if skipped else ""))
-    supernet.to(device)
-    teacher = _load_teacher(config.teacher, space.resolution, space.num_classes, space).to(device) if config.teacher else None
-
-    optimizer = torch.optim.AdamW(param_groups(supernet, config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
-    steps_per_epoch = data.num_train_batches(config.batch_size, ddp.world_size)
-    if config.steps_per_epoch is not None:
-        steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
-    if steps_per_epoch < 1:
-        raise EfnasError(f"the training set is too small for batch size {config.batch_size} on {ddp.world_size} process(es)")
-    total_steps = config.epochs * steps_per_epoch
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
-    step = 0
-    metrics: dict[str, Any] = {}
-    if stored is not None:
-        supernet.load_state_dict(stored["model"])
-        optimizer.load_state_dict(stored["optimizer"])
-        torch.set_rng_state(stored["rng"]["torch"])
-        step = int(stored["step"])
-        metrics = dict(stored.get("metrics", {}))
-        if stored["total_steps"] != total_steps:
-            raise EfnasError(f"checkpoint expects {stored['total_steps']} steps but this run gives {total_steps}: resume with the same "
-                "data, --epochs, --steps-per-epoch, --batch-size and number of processes")
-
-    loss_module = SandwichLoss(supernet, config.label_smoothing, config.kd_temperature)
+    loss_module = SandwichLoss(supernet, config)
     model: nn.Module = loss_module
     if ddp.world_size > 1:
-        model = nn.parallel.DistributedDataParallel(
-            loss_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
-        )
-    data_record = {
-        "name": data.name,
-        "num_classes": data.num_classes,
-        "class_names": list(data.class_names),
-        "resolution": data.resolution,
-        "mean": list(data.mean),
-        "std": list(data.std),
-        "num_train": data.num_train,
-        "num_val": data.num_val,
-    }
-    metrics_path = run_dir / "metrics.jsonl"
-    if ddp.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", {"config": asdict(config), "space": space.to_dict(), "data": data_record})
-        _truncate_metrics(metrics_path, step)
-        for note in notes:
-            console.print(note)
-
-    def save(finished: bool) -> None:
-        if not ddp.is_main:
-            return
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "model": supernet.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": {"kind": "warmup-cosine", "warmup_steps": warmup_steps, "peak_lr": config.lr},
-                "step": step,
-                "total_steps": total_steps,
-                "finished": finished,
-                "rng": {"torch": torch.get_rng_state()},
-                "space": space.to_dict(),
-                "fingerprint": space.fingerprint(),
-                "config": asdict(config),
-                "data": data_record,
-                "metrics": metrics,
-                "provenance": provenance(),
-            },
-        )
-
-    def validate() -> None:
-        if ddp.is_main:
-            for name, spec in (("largest", space.largest()), ("smallest", space.smallest())):
-                top1 = evaluate_spec(
-                    supernet, spec, data, calib_batches=config.calib_batches, batch_size=config.batch_size, seed=config.seed, device=device
-                )
-                metrics[f"val_top1_{name}"] = top1
-            metrics["val_step"] = step
-            _append_metrics(metrics_path, {"step": step, "epoch": step / steps_per_epoch, **{k: metrics[k] for k in ("val_top1_largest", "val_top1_smallest")}})
-        ddp.barrier()
-
-    if stored is not None and stored.get("finished"):
-        if ddp.is_main:
-            console.print(f"{checkpoint_path} is already finished ({step} steps); nothing to do")
-        return TrainResult(supernet.eval(), space, checkpoint_path, metrics)
-
-    eval_every = config.eval_every or steps_per_epoch
-    use_autocast = device.type == "cuda"
-    progress = Progress(
-        TextColumn("[bold]supernet"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}  lr {task.fields[lr]:.2e}  {task.fields[ips]:.0f} img/s"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not (show_progress and ddp.is_main),
-    )
-    images_per_step = config.batch_size * ddp.world_size
+        device_ids = [ddp.device.index] if ddp.device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(loss_module, device_ids=device_ids, find_unused_parameters=True)
+    eval_every = config.eval_every or run.steps_per_epoch
+    progress = progress_bar("loss {task.fields[loss]:.3f}  lr {task.fields[lr]:.2e}  {task.fields[ips]:.0f} img/s",
+                            show=show_progress and ddp.is_main)
     supernet.train()
     with progress:
-        task = progress.add_task("train", total=total_steps, completed=step, loss=float("nan"), lr=0.0, ips=0.0)
-        window_start, window_steps, window_loss, window_sandwich = time.perf_counter(), 0, 0.0, 0.0
-        window_paused = 0.0  # seconds of validation and checkpointing inside the window: not training throughput
-        for epoch in range(step // steps_per_epoch, config.epochs):
-            start_batch = step - epoch * steps_per_epoch
-            batches = islice(
-                data.train_batches(epoch, config.batch_size, seed=config.seed, rank=ddp.rank, world_size=ddp.world_size, start_batch=start_batch),
-                steps_per_epoch - start_batch,
-            )
-            for images, labels in batches:
-                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                lr = warmup_cosine(step, total_steps, warmup_steps, config.lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                specs = sandwich_specs(space, config.seed, step, config.num_random)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-                    teacher_logits = teacher(images) if teacher is not None else None
-                    loss, loss_largest = model(images, labels, specs, teacher_logits)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                window_steps += 1
-                window_loss += float(loss_largest)
-                window_sandwich += float(loss.detach())
-                if step % 10 == 0 or step == total_steps:
-                    elapsed = time.perf_counter() - window_start - window_paused
-                    ips = window_steps * images_per_step / max(elapsed, 1e-9)
-                    mean_loss = window_loss / window_steps
-                    progress.update(task, completed=step, loss=mean_loss, lr=lr, ips=ips)
-                    if ddp.is_main:
-                        record = {
-                            "step": step,
-                            "epoch": step / steps_per_epoch,
-                            "loss_largest": mean_loss,
-                            "loss_sandwich": window_sandwich / window_steps,
-                            "lr": lr,
-                            "images_per_s": ips,
-                        }
-                        _append_metrics(metrics_path, record)
-                    metrics.update({"images_per_s": ips, "loss_largest": mean_loss})
-                    window_start, window_steps, window_loss, window_sandwich = time.perf_counter(), 0, 0.0, 0.0
-                    window_paused = 0.0
-                if step % eval_every == 0 or step == total_steps:
-                    paused = time.perf_counter()
+        task = progress.add_task("supernet", total=run.total_steps, completed=run.step, loss=float("nan"), lr=0.0, ips=0.0)
+        meter = _Meter(run, progress, task)
+        for images, labels in run.batches():
+            images, labels = images.to(ddp.device, non_blocking=True), labels.to(ddp.device, non_blocking=True)
+            lr = run.lr()
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(ddp.device.type, dtype=torch.bfloat16, enabled=ddp.device.type == "cuda"):
+                teacher_logits = run.teacher(images) if run.teacher is not None else None
+                loss, loss_largest = model(images, labels, run.specs(), teacher_logits)
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            run.optimizer.step()
+            run.step += 1
+            meter.add(loss, loss_largest, lr)
+            if run.step % eval_every == 0 or run.step == run.total_steps:
+                with meter.pause():
                     supernet.eval()
-                    validate()
+                    run.validate()
                     supernet.train()
-                    window_paused += time.perf_counter() - paused
-                if step % config.checkpoint_every == 0 and step != total_steps:
-                    paused = time.perf_counter()
-                    save(finished=False)
-                    window_paused += time.perf_counter() - paused
-    if total_steps == 0:
-        validate()
+            if run.step % config.checkpoint_every == 0 and run.step != run.total_steps:
+                with meter.pause():
+                    run.save(finished=False)
+    if run.total_steps == 0:
+        run.validate()
     digest = params_digest(supernet)
     if not ddp.same_everywhere(digest):
         raise RuntimeError("DDP ranks ended with different supernet weights")
-    metrics["params_sha256"] = digest
-    save(finished=True)
+    run.metrics["params_sha256"] = digest
+    run.save(finished=True)
     ddp.barrier()
-    return TrainResult(supernet.eval(), space, checkpoint_path, metrics)
+    return TrainResult(supernet.eval(), run.space, run.checkpoint_path, run.metrics)
 
 
 def _append_metrics(path: Path, record: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from nas import load_batch, load_records
+from nas.batch import EXAMPLE_FILE
 from nas.cli import main
 from supernet import EfnasError
 
@@ -100,3 +101,11 @@ def test_batch_cli_error_exit_code(tmp_path, capsys):
 def test_shipped_examples_are_valid(name):
     batch = load_batch(REPO / "examples" / name)
     assert batch.entries and all(entry.config.budgets for entry in batch.entries)
+
+
+def test_the_file_format_in_the_help_is_a_valid_batch(tmp_path):
+    path = tmp_path / "sweep.toml"
+    path.write_text(EXAMPLE_FILE)
+    batch = load_batch(path)
+    assert [entry.name for entry in batch.entries] == ["l1", "cpu-and-phone"]
+    assert [len(entry.config.budgets) for entry in batch.entries] == [1, 2]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 
 from latency_lut import load_lut, predict_ms, shipped_lut
-from nas.cli import main
+from nas.cli import build_parser, main
 from nas.demo import DemoConfig, run_demo
 from supernet import ArchSpec, load_space
 
@@ -51,3 +52,18 @@ def test_demo_pipeline_at_reduced_size(tmp_path, capsys):
                  "--val-subset", "256", "--threads", "1", "--no-progress"]) == 0
     assert "training skipped" in capsys.readouterr().out
     assert {name: (out / f"search-{name}" / "trials.csv").read_text() for name in result.searches} == trials_before
+
+    # Every "same as" command the demo printed is the step it ran: the real parser turns it into the same config.
+    assert [step.argv[:2] for step in result.steps] == [["efnas", "train"], ["efnas", "lut"], ["efnas", "search"],
+                                                        ["efnas", "search"], ["efnas", "export"]]
+    for step in result.steps:
+        args = build_parser().parse_args(shlex.split(step.command)[1:])
+        if step.config is None:
+            assert args.lut == result.lut
+        else:
+            assert args.config_flags.from_args(args)[0] == step.config
+    # ... and run by hand it continues the demo's study, which refuses any other setting, without new trials.
+    tpe = next(step for step in result.steps if "--strategy" in step.argv and "tpe" in step.argv)
+    assert main([*shlex.split(tpe.command)[1:], "--no-progress"]) == 0
+    assert (out / "search-tpe" / "trials.csv").read_text() == trials_before["tpe"]
+

@@ -26,8 +26,8 @@ from supernet.evaluate import calibration_batches, recalibrate_bn
 
 TINY = load_space("tiny")
 # Small but real settings: 2 calibration batches, 256 validation images, one thread.
-FAST = {"calib_batches": 2, "batch_size": 64, "val_samples": 256, "latency_rounds": 0, "threads": 1}
-FAST_ARGS = ["--calib-batches", "2", "--batch-size", "64", "--val-samples", "256", "--latency-rounds", "0", "--threads", "1", "--no-progress"]
+FAST = {"calib_batches": 2, "batch_size": 64, "val_subset": 256, "latency_rounds": 0, "threads": 1}
+FAST_ARGS = ["--calib-batches", "2", "--batch-size", "64", "--val-subset", "256", "--latency-rounds", "0", "--threads", "1", "--no-progress"]
 
 
 def _inputs(resolution: int, seed: int = 123) -> torch.Tensor:

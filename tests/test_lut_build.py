@@ -146,6 +146,13 @@ def test_measure_model_reports_spread():
     assert timing.runs == 2 and torch.get_num_threads() == threads  # the caller's setting is restored
 
 
+def test_measuring_leaves_the_global_random_state_as_it_was():
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    measure_model(TINY.smallest(), "torch", rounds=1, runs=1, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 @pytest.mark.slow
 def test_torch_backend_builds_a_table(tmp_path):
     config = BuildConfig(

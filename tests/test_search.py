@@ -157,7 +157,7 @@ def test_evaluator_is_deterministic_and_scores_a_fixed_subset(trained_tiny_super
     spec = tiny_space.preset("L3")
     assert first.accuracy(spec) == second.accuracy(spec)
     assert first.num_val == 128 and first.describe()["val_subset"] == 128
-    assert len(first._val_subset[1]) == 128
+    assert sum(len(labels) for _, labels in first.scorer.val_batches()) == 128
 
 
 @pytest.mark.slow
@@ -228,6 +228,18 @@ def test_cli_errors_are_one_line(trained_tiny_supernet, tiny_lut, tmp_path, caps
     assert "below the fastest" in errors[0] and "presets are L1, L3, L7" in errors[1] and "1 latency tables but 2 budgets" in errors[2]
 
 
+def test_a_search_leaves_torch_threads_and_the_plotting_backend_as_they_were(trained_tiny_supernet, tiny_lut, tmp_path):
+    import matplotlib
+    import torch
+
+    threads, backend = torch.get_num_threads(), matplotlib.get_backend()
+    config = SearchConfig(supernet=str(trained_tiny_supernet), budgets=(BudgetRequest(lut=str(tiny_lut), preset="L3"),),
+                          strategy="slimming", trials=2, out=str(tmp_path / "s"), **{**QUICK, "threads": threads + 1})
+    result = run_search(config, show_progress=False)
+    assert result.evaluated == 2 and (tmp_path / "s" / "pareto.png").exists()
+    assert (torch.get_num_threads(), matplotlib.get_backend()) == (threads, backend)
+
+
 @pytest.mark.slow
 def test_continuing_with_other_settings_is_refused(trained_tiny_supernet, tiny_lut, tmp_path, capsys):
     base = ["search", "--supernet", str(trained_tiny_supernet), "--lut", str(tiny_lut), "--budget", "L3",
@@ -291,6 +303,13 @@ def test_kill_minus_9_then_rerun_keeps_every_completed_trial(trained_tiny_supern
     assert sum(1 for t in after.values() if t.state == TrialState.COMPLETE and t.user_attrs.get("evaluated")) == 10
 
 
+def _run_workers(commands: list[list[str]]) -> None:
+    """Run the commands as processes at once; each must succeed."""
+    workers = [subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for cmd in commands]
+    for worker in workers:
+        assert worker.wait(timeout=300) == 0, worker.stderr.read().decode()
+
+
 def _assert_shared_without_duplicates(url: str, study_name: str, at_least: int) -> list:
     records = load_records(url, study_name)
     evaluated = Counter(r.spec for r in records if r.complete and r.evaluated)
@@ -311,9 +330,7 @@ def test_two_processes_share_one_sqlite_study(trained_tiny_supernet, tiny_space,
                     "slimming", "--storage", str(storage), "--study", "shared")
         for i in range(2)
     ]
-    workers = [subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for cmd in commands]
-    for worker in workers:
-        assert worker.wait(timeout=300) == 0, worker.stderr.read().decode()
+    _run_workers(commands)
     records = _assert_shared_without_duplicates(f"sqlite:///{storage}", "shared", at_least=5)
     bests = [json.loads((tmp_path / f"worker{i}" / "best.json").read_text()) for i in range(2)]
     assert bests[0]["arch"] == bests[1]["arch"]
@@ -366,6 +383,57 @@ def _user_exists(name: str) -> bool:
     return True
 
 
+# Each round, every process waits at the same file and then joins study race<round> at once.
+_JOIN_AT_ONCE = """
+import sys, time
+from pathlib import Path
+import optuna
+from nas._storage import open_storage
+from nas._workers import Worker
+url, folder, rounds = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+storage = open_storage(url)
+for round in range(rounds):
+    study = optuna.load_study(study_name=f"race{round}", storage=storage)
+    (folder / f"ready{round}.{sys.argv[4]}").touch()
+    while not (folder / f"go{round}").exists():
+        time.sleep(0.0005)
+    print(Worker.join(study, storage).index, flush=True)
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def test_workers_that_start_together_get_different_indices_and_seeds(backend, tmp_path, request):
+    from nas._storage import open_storage, storage_url
+    from nas._workers import Worker
+    from nas.study import _worker_seed
+
+    url = storage_url(request.getfixturevalue("postgres_url") if backend == "postgresql" else tmp_path / "race.db")
+    rounds, workers = 4, 2
+    for round in range(rounds):
+        optuna.create_study(storage=url, study_name=f"race{round}")
+    processes = [
+        subprocess.Popen([sys.executable, "-c", _JOIN_AT_ONCE, url, str(tmp_path), str(rounds), str(i)], env=ENV, cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(workers)
+    ]
+    for round in range(rounds):
+        deadline = time.time() + 120
+        while not all((tmp_path / f"ready{round}.{i}").exists() for i in range(workers)):
+            assert time.time() < deadline and all(p.poll() is None for p in processes), [p.stderr.read() for p in processes if p.poll() is not None]
+            time.sleep(0.01)
+        (tmp_path / f"go{round}").touch()  # released at the same moment
+    outputs = [p.communicate(timeout=120) for p in processes]
+    assert all(p.returncode == 0 for p in processes), [err for _, err in outputs]
+    indices = [[int(line) for line in out.split()] for out, _ in outputs]
+    for round in range(rounds):
+        joined = sorted(worker[round] for worker in indices)
+        assert joined == list(range(workers)), f"round {round}: indices {joined}"
+        assert len({_worker_seed(0, i) for i in joined}) == workers
+    # a worker joining later (a rerun) takes the next index
+    study = optuna.load_study(study_name="race0", storage=url)
+    assert Worker.join(study, open_storage(url)).index == workers
+
+
 @pytest.mark.slow
 def test_two_workers_on_postgresql(trained_tiny_supernet, tiny_lut, tmp_path, postgres_url):
     commands = [
@@ -373,9 +441,7 @@ def test_two_workers_on_postgresql(trained_tiny_supernet, tiny_lut, tmp_path, po
                     "--trials", "10", "--storage", postgres_url, "--study", "pg")
         for i in range(2)
     ]
-    workers = [subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for cmd in commands]
-    for worker in workers:
-        assert worker.wait(timeout=300) == 0, worker.stderr.read().decode()
+    _run_workers(commands)
     from nas.results import storage_url
 
     records = _assert_shared_without_duplicates(storage_url(postgres_url), "pg", at_least=10)

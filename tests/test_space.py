@@ -120,6 +120,29 @@ def test_space_size_counts_every_valid_spec(tiny_space):
     assert tiny_space.size() == per_stage * pairs * len(last.widths) * len(last.mlp_ratios)
 
 
+def test_last_stage_choices_are_exactly_the_valid_pairs(tiny_space):
+    last = tiny_space.stages[-1]
+    brute = [(d, m) for d in last.depths for m in range(tiny_space.meta3d_min, tiny_space.meta3d_max + 1) if m <= d]
+    assert list(tiny_space.last_stage_choices()) == brute
+    rng = random.Random(3)
+    assert all((s.depths[-1], s.num_meta3d) in brute for s in (tiny_space.sample(rng) for _ in range(200)))
+
+
+def test_edit_changes_one_stage_and_stays_in_the_space(tiny_space):
+    spec = tiny_space.preset("L3")
+    edited = tiny_space.edit(spec, stage=2, width=80, mlp_ratio=2)
+    assert edited.widths == (24, 32, 80, 96) and edited.mlp_ratios == (4, 4, 2, 4) and edited.depths == spec.depths
+    assert tiny_space.edit(spec, stage=3, depth=1, num_meta3d=0).depths[-1] == 1
+    with pytest.raises(EfnasError, match="width 40 is not a choice of stage 3"):
+        tiny_space.edit(spec, stage=2, width=40)
+    with pytest.raises(EfnasError, match="num_meta3d 2 must be between 0 and the last stage's depth 1"):
+        tiny_space.edit(spec, stage=3, depth=1, num_meta3d=2)
+    with pytest.raises(EfnasError, match="needs the stage"):
+        tiny_space.edit(spec, width=48)
+    with pytest.raises(EfnasError, match="stage index 4 is outside 0..3"):
+        tiny_space.edit(spec, stage=4, depth=1)
+
+
 def test_fingerprint_is_stable_and_structural(v1_space):
     assert v1_space.fingerprint() == load_space("efficientformer-v1").fingerprint()
     assert v1_space.with_num_classes(10).fingerprint() == v1_space.fingerprint()
