@@ -45,11 +45,14 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "final-lr-0.05": ({"final_lr_ratio": 0.05}, "BigNAS: the cosine ends at 5% of the peak instead of 0"),
     "labels-0.5-random-4": ({"subnet_label_weight": 0.5, "num_random": 4}, "labels-0.5 with 4 random subnets per step instead of 2"),
     "labels-0.5-batch-64": ({"subnet_label_weight": 0.5, "batch_size": 64}, "labels-0.5 at batch 64 (twice the steps): the new default"),
+    "meta4d-largest": ({"meta4d_largest": True}, "the new default plus the largest widths without Meta3D blocks each step"),
     "labels-1.0": ({"subnet_label_weight": 1.0}, "the other subnets learn from the labels only (no distillation)"),
 }
 # The previous default recipe, which every variant changes one or two things of.
 BASE = {"space": "tiny", "data": "digits-mosaic", "epochs": 8, "threads": 1, "checkpoint_every": 200,
         "batch_size": 128, "subnet_label_weight": 0.0}
+# Variants named after the current default change it, not BASE.
+DEFAULT_BASED = {"meta4d-largest": {"batch_size": 64, "subnet_label_weight": 0.5}}
 REPORTED = ("largest = L7", "smallest", "random 1", "random 2", "random 3")
 
 
@@ -182,7 +185,7 @@ def main() -> int:
     previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {"runs": []}
     done = {(r["variant"], r["seed"]): r for r in previous["runs"]}
     jobs = [
-        {"variant": v, "seed": int(seed), "overrides": VARIANTS[v][0], "out": f"{args.runs}/{v}-s{seed}", "subnets": subnets}
+        {"variant": v, "seed": int(seed), "overrides": {**DEFAULT_BASED.get(v, {}), **VARIANTS[v][0]}, "out": f"{args.runs}/{v}-s{seed}", "subnets": subnets}
         for v in variants
         for seed in args.seeds.split(",")
         if (v, int(seed)) not in done

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.engine
 import sqlalchemy.exc
 
 from supernet.errors import EfnasError
 
-__all__ = ["HEARTBEAT_S", "insert_study_system_attr", "open_storage", "storage_url"]
+__all__ = ["HEARTBEAT_S", "insert_study_system_attr", "open_storage", "safe_url", "storage_url"]
 
 HEARTBEAT_S = 10  # Optuna heartbeat of running trials, for workers on other machines
 _GRACE_S = 60  # a trial without heartbeat for this long is failed
@@ -34,6 +35,23 @@ def storage_url(storage: str | Path) -> str:
     if "://" in text:
         return text
     return f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
+def safe_url(storage: str | Path) -> str:
+    """``storage`` as it may be printed or written to a file: a URL's password is masked as ``***``
+    (a plain file path comes back unchanged)."""
+    text = str(storage)
+    if "://" not in text:
+        return text
+    try:
+        return sqlalchemy.engine.make_url(text).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        # Not a URL SQLAlchemy can parse: mask whatever sits between "user:" and "@".
+        scheme, _, rest = text.partition("://")
+        credentials, at, host = rest.rpartition("@")
+        if not at or ":" not in credentials:
+            return text
+        return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
 
 
 def _sqlite_connect(path: str) -> sqlite3.Connection:

@@ -60,6 +60,7 @@ class TrainConfig:
     kd_temperature: float = 1.0
     subnet_label_weight: float = 0.5  # share of the label loss in the other subnets' loss (the rest: distillation)
     subnet_weight: float = 1.0  # weight of each other subnet's loss relative to the largest's
+    meta4d_largest: bool = False  # also train the largest widths with the fewest Meta3D blocks each step
     largest_only_epochs: float = 0.0  # epochs that train the largest subnet alone before the sandwich starts
     final_lr_ratio: float = 0.0  # the cosine ends at this fraction of --lr (BigNAS ends at a constant)
     teacher: str | None = None  # static EfficientFormer state dict distilled into every subnet
@@ -111,10 +112,20 @@ class TrainResult:
 # -- pieces of the loop -------------------------------------------------------------------------
 
 
-def sandwich_specs(space: SearchSpace, seed: int, step: int, num_random: int) -> list[ArchSpec]:
-    """Largest, smallest and ``num_random`` random subnets for ``step``: a pure function of its inputs."""
+def sandwich_specs(
+    space: SearchSpace, seed: int, step: int, num_random: int, *, meta4d_largest: bool = False
+) -> list[ArchSpec]:
+    """Largest, smallest and ``num_random`` random subnets for ``step``: a pure function of its inputs.
+
+    With ``meta4d_largest`` the largest widths with the fewest Meta3D blocks come second: the
+    largest runs its last stage as Meta3D blocks, so without it the Meta4D weights there are
+    trained at full width only by the few random subnets that happen to use them.
+    """
     rng = random.Random(f"sandwich:{seed}:{step}")
-    return [space.largest(), space.smallest(), *(space.sample(rng) for _ in range(num_random))]
+    largest = space.largest()
+    extra = space.edit(largest, num_meta3d=space.meta3d_min) if meta4d_largest else largest
+    specs = [largest, smallest := space.smallest(), *(space.sample(rng) for _ in range(num_random))]
+    return specs if extra in (largest, smallest) else [largest, extra, *specs[1:]]
 
 
 class SandwichLoss(nn.Module):
@@ -277,7 +288,8 @@ class _Run:
 
     def specs(self) -> list[ArchSpec]:
         """This step's subnets: the largest alone while the teacher warms up, then the sandwich."""
-        specs = sandwich_specs(self.space, self.config.seed, self.step, self.config.num_random)
+        c = self.config
+        specs = sandwich_specs(self.space, c.seed, self.step, c.num_random, meta4d_largest=c.meta4d_largest)
         return specs[:1] if self.step < self.largest_only_steps else specs
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
