@@ -46,13 +46,18 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "labels-0.5-random-4": ({"subnet_label_weight": 0.5, "num_random": 4}, "labels-0.5 with 4 random subnets per step instead of 2"),
     "labels-0.5-batch-64": ({"subnet_label_weight": 0.5, "batch_size": 64}, "labels-0.5 at batch 64 (twice the steps): the new default"),
     "meta4d-largest": ({"meta4d_largest": True}, "the new default plus the largest widths without Meta3D blocks each step"),
+    "largest-only-batch-64": ({"num_random": 0, "largest_only_epochs": 8, "batch_size": 64}, "reference at the new default's steps: only the largest subnet is trained"),
+    "default-subnet-weight-0.5": ({"subnet_weight": 0.5}, "the new default with each other subnet's loss at half the largest's weight"),
+    "default-labels-1.0": ({"subnet_label_weight": 1.0}, "the new default with the other subnets on the labels only (no distillation)"),
+    "default-epochs-12": ({"epochs": 12}, "the new default trained 12 epochs instead of 8 (1.5x the demo's image budget)"),
     "labels-1.0": ({"subnet_label_weight": 1.0}, "the other subnets learn from the labels only (no distillation)"),
 }
 # The previous default recipe, which every variant changes one or two things of.
 BASE = {"space": "tiny", "data": "digits-mosaic", "epochs": 8, "threads": 1, "checkpoint_every": 200,
         "batch_size": 128, "subnet_label_weight": 0.0}
 # Variants named after the current default change it, not BASE.
-DEFAULT_BASED = {"meta4d-largest": {"batch_size": 64, "subnet_label_weight": 0.5}}
+DEFAULT = {"batch_size": 64, "subnet_label_weight": 0.5}
+DEFAULT_BASED = {name: DEFAULT for name in ("meta4d-largest", "default-subnet-weight-0.5", "default-labels-1.0", "default-epochs-12")}
 REPORTED = ("largest = L7", "smallest", "random 1", "random 2", "random 3")
 
 

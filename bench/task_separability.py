@@ -50,6 +50,7 @@ from scipy import stats  # noqa: E402
 
 from supernet import ArchSpec, build_model, count_macs, count_params, load_space  # noqa: E402
 from supernet.data import TaskData, load_data  # noqa: E402
+from supernet.space import load_arch  # noqa: E402
 from supernet.io import atomic_write_json, atomic_write_text, console, provenance, provenance_markdown  # noqa: E402
 
 GOAL_RATIO = 3.0
@@ -145,10 +146,14 @@ def train_standalone(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def choose_subnets(space, names: list[str], num_random: int, seed: int) -> list[tuple[str, ArchSpec]]:
-    """Named subnets (smallest, largest, presets) plus distinct seeded random ones."""
+    """Named subnets (smallest, largest, presets, or ``LABEL=ARCH.json``) plus distinct seeded random ones."""
     chosen: list[tuple[str, ArchSpec]] = []
     for name in names:
-        spec = {"smallest": space.smallest, "largest": space.largest}.get(name, lambda n=name: space.preset(n))()
+        if "=" in name:
+            name, path = name.split("=", 1)
+            spec = space.validate(load_arch(path))
+        else:
+            spec = {"smallest": space.smallest, "largest": space.largest}.get(name, lambda n=name: space.preset(n))()
         same = [i for i, (_, earlier) in enumerate(chosen) if earlier == spec]
         if same:  # e.g. the tiny space's L7 is its largest network, as EfficientFormer-L7 is in v1
             chosen[same[0]] = (f"{chosen[same[0]][0]} = {name}", spec)
@@ -311,7 +316,7 @@ def main() -> int:
     parser.add_argument("--data", default="digits-mosaic", help="dataset, as for `efnas train --data` (default: %(default)s)")
     parser.add_argument("--space", default="tiny", help="search space (default: %(default)s)")
     parser.add_argument("--resolution", type=int, default=None, help="input resolution (default: the space's)")
-    parser.add_argument("--subnets", default="smallest,largest,L1,L3,L7", help="named subnets (default: %(default)s)")
+    parser.add_argument("--subnets", default="smallest,largest,L1,L3,L7", help="named subnets: smallest, largest, presets, or LABEL=ARCH.json (e.g. a search's best.json) (default: %(default)s)")
     parser.add_argument("--random", type=int, default=8, help="seeded random subnets besides the named ones (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per subnet (default: %(default)s)")
     parser.add_argument("--images", type=int, default=Recipe.images, help="training images per run (default: %(default)s)")

@@ -22,8 +22,10 @@ from latency_lut._build import BuildConfig, BuildResult, build_lut, calibration_
 from latency_lut._calibration import Calibration, CalibrationModel, fit_calibration
 from latency_lut._check import CheckConfig, CheckReport, check_lut, check_specs, plot_check
 from latency_lut._fastest import fastest_subnet
+from latency_lut._health import Staleness, assess_quality, check_staleness, quality_warning, staleness_warning
 from latency_lut._keys import CATEGORIES, OpUnit, PlacedUnit, category_of, op_keys, op_units, parse_key, space_keys, space_units
 from latency_lut._measure import CONTEXTS, STATISTICS, Timing, measure_model, time_models
+from latency_lut._recalibrate import RecalibrationResult, recalibrate_here
 from latency_lut._stats import PredictionStats, linear_fit, prediction_stats
 from latency_lut._table import LatencyTable, load_lut, predict_ms, save_lut
 
@@ -44,11 +46,15 @@ __all__ = [
     "OpUnit",
     "PlacedUnit",
     "PredictionStats",
+    "RecalibrationResult",
+    "Staleness",
     "Timing",
+    "assess_quality",
     "build_lut",
     "calibration_specs",
     "category_of",
     "check_lut",
+    "check_staleness",
     "check_specs",
     "fit_calibration",
     "fastest_subnet",
@@ -63,12 +69,15 @@ __all__ = [
     "plot_check",
     "predict_ms",
     "prediction_stats",
+    "quality_warning",
     "recalibrate",
+    "recalibrate_here",
     "save_lut",
     "shipped_lut",
     "shipped_tables",
     "space_keys",
     "space_units",
+    "staleness_warning",
     "time_models",
 ]
 

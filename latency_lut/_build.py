@@ -9,7 +9,9 @@ entries and keeps the one that explains the measured networks better (the eviden
 
 The build is resumable at every step: entries are saved (atomically) after each group of units and
 each group of calibration networks, and a build started on an existing table measures only what
-it lacks.
+it lacks. Keys added to a finished table (a head for another class count) never re-price its
+existing entries or its per-call overhead; the calibration is fitted again at the end, and the
+table's quality (``meta.quality``) judged again.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from supernet.space import ArchSpec, SearchSpace
 
 from latency_lut._backends import Backend, get_backend
 from latency_lut._calibration import CalibrationModel, fit_calibration
-from latency_lut._keys import OpUnit, space_units
+from latency_lut._health import assess_quality, reference_record, staleness_warning
+from latency_lut._keys import OpUnit, parse_key, space_units
 from latency_lut._measure import CONTEXTS, STATISTICS, Timing, seeded_weights, time_models, time_units
 from latency_lut._table import LatencyTable, load_lut, save_lut
 
@@ -42,7 +45,7 @@ MODEL_GROUP = 6  # whole networks held in memory and interleaved together
 NULL_KEY = "null"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BuildConfig:
     """How a table is measured. The defaults are what the shipped tables used."""
 
@@ -167,12 +170,16 @@ def _check_resumable(table: LatencyTable, space: SearchSpace, engine: Backend, o
 class _Build:
     """One run of ``lut build`` on one table file."""
 
-    def __init__(self, table: LatencyTable, engine: Backend, config: BuildConfig, out: Path, deadline: float | None) -> None:
+    def __init__(
+        self, table: LatencyTable, engine: Backend, config: BuildConfig, out: Path, deadline: float | None, bar: bool
+    ) -> None:
         self.table = table
         self.engine = engine
         self.config = config
         self.out = out
         self.deadline = deadline
+        self.bar = bar  # a live progress bar; without one (piped, --no-progress) one log line per group
+        self.started = time.monotonic()
         self.measurement = table.meta["measurement"]
         self.rng = random.Random(f"build-{config.seed}-{len(table.entries)}")
 
@@ -189,6 +196,10 @@ class _Build:
 
     def save(self) -> None:
         save_lut(self.table, self.out)
+
+    def log(self, text: str) -> None:
+        if not self.bar:
+            console.print(f"[{time.monotonic() - self.started:6.1f} s] {text}", soft_wrap=True)
 
     def measure(self, units: Sequence[OpUnit], progress: Progress, task: Any) -> dict[str, dict[str, Timing]]:
         """Timings of ``units`` per context (both while undecided, else the chosen one)."""
@@ -224,7 +235,10 @@ class _Build:
 
     def set_call_overhead(self) -> None:
         """The table's call overhead: the median of the null unit's per-group timings in the
-        table's context."""
+        table's context. Frozen once the table is calibrated: every entry and the calibration
+        were priced with it, so keys added later must not shift all predictions."""
+        if self.table.meta.get("calibration") is not None:
+            return
         values = self.measurement["call_overhead_per_group_ms"][self.context or "cold"]
         self.table.meta["call_overhead_ms"] = round(float(np.median(values)), 6) if values else 0.0
 
@@ -236,7 +250,8 @@ class _Build:
         for key, timing in primary.items():
             if only_if_quieter and timing.spread >= self.table.entries[key].spread:
                 continue
-            self.table.entries[key] = timing
+            # As the file holds it (6 decimals): a later refit on the loaded table then finds the same fit.
+            self.table.entries[key] = Timing(**timing.to_dict())
             if pending is not None:
                 pending[key] = timings["warm"][key].to_dict()
 
@@ -247,11 +262,14 @@ def build_lut(
     config: BuildConfig = BuildConfig(),
     *,
     space_arg: str | None = None,
+    show_progress: bool = True,
 ) -> BuildResult:
     """Measure (or complete) the table at ``out`` for ``space`` and fit its calibration.
 
     ``space_arg`` is how the user named the space (a built-in name or a file), recorded so that
-    error messages can print the exact command that fills a missing key.
+    error messages can print the exact command that fills a missing key. Without
+    ``show_progress``, or when the console is not a terminal, one log line per group replaces
+    the progress bar.
     """
     started = time.monotonic()
     out = Path(out)
@@ -263,14 +281,20 @@ def build_lut(
         _check_resumable(table, space, engine, out)
     else:
         table = LatencyTable(_new_meta(space, space_arg or space.name, config, engine), path=out)
-    run = _Build(table, engine, config, out, started + 60 * config.max_minutes if config.max_minutes else None)
+    bar = show_progress and console.is_terminal
+    run = _Build(table, engine, config, out, started + 60 * config.max_minutes if config.max_minutes else None, bar)
     units = space_units(space)
     todo = [unit for key, unit in units.items() if key not in table.entries]
+    if todo and table.calibration is not None:
+        # Keys measured here join entries measured there: say so if the machines differ.
+        warning = staleness_warning(table)
+        if warning:
+            console.print(f"[yellow]{warning}[/]", soft_wrap=True)
     # Mixed groups: each unit is timed between units of other kinds and sizes, as in a network.
     run.rng.shuffle(todo)
     measured = remeasured = 0
     complete = True
-    with engine.session(), progress_bar() as progress:
+    with engine.session(), progress_bar(show=bar) as progress:
         if table.entries and todo:
             console.print(f"resuming {out}: {len(table.entries)} unit(s) measured, {len(todo)} to go")
         task = progress.add_task("measuring units", total=len(todo))
@@ -284,27 +308,46 @@ def build_lut(
             measured += len(group)
             run.spend(time.monotonic() - group_started)
             run.save()
-        for attempt in range(config.retries if complete else 0):
-            noisy = [units[key] for key in units if key in table.entries and table.entries[key].spread > config.max_spread]
-            if not noisy or run.out_of_time():
-                break
-            retry_started = time.monotonic()
-            task = progress.add_task(f"re-measuring noisy units ({attempt + 1})", total=len(noisy))
-            for start in range(0, len(noisy), config.group_size):
-                run.store(run.measure(noisy[start : start + config.group_size], progress, task), only_if_quieter=True)
-            remeasured += len(noisy)
-            run.spend(time.monotonic() - retry_started)
-            run.save()
+            run.log(f"measured {measured} of {len(todo)} unit(s)")
         if complete:
-            complete = _calibrate(run, space, progress)
+            # A finished table's entries stay as they are; an unfinished one's are all this build's.
+            own = [unit.key for unit in todo] if table.calibration is not None else [k for k in units if k in table.entries]
+            remeasured = _remeasure_noisy(run, own, progress)
+            complete = _calibrate(run, space, progress, refit=bool(todo))
     return BuildResult(table, measured, remeasured, complete, time.monotonic() - started)
 
 
-def _calibrate(run: _Build, space: SearchSpace, progress: Progress) -> bool:
+def _remeasure_noisy(run: _Build, keys: Sequence[str], progress: Progress) -> int:
+    """Measure again, up to ``retries`` times, the units among ``keys`` (those this build measured:
+    an existing entry is never re-priced) whose spread is above ``max_spread``; a new timing
+    replaces the entry only if it is quieter."""
+    table, config = run.table, run.config
+    units = {unit.key: unit for unit in (parse_key(key) for key in keys)}
+    remeasured = 0
+    for attempt in range(config.retries):
+        noisy = [unit for key, unit in units.items() if table.entries[key].spread > config.max_spread]
+        if not noisy or run.out_of_time():
+            break
+        retry_started = time.monotonic()
+        task = progress.add_task(f"re-measuring noisy units ({attempt + 1})", total=len(noisy))
+        for start in range(0, len(noisy), config.group_size):
+            run.store(run.measure(noisy[start : start + config.group_size], progress, task), only_if_quieter=True)
+        remeasured += len(noisy)
+        run.spend(time.monotonic() - retry_started)
+        run.save()
+        run.log(f"re-measured {len(noisy)} noisy unit(s) (attempt {attempt + 1})")
+    return remeasured
+
+
+def _calibrate(run: _Build, space: SearchSpace, progress: Progress, refit: bool) -> bool:
     """Measure the calibration networks not yet measured, choose the context, fit. False if
-    stopped early. A table keeps its calibration when keys are added later."""
+    stopped early. A calibrated table to which this run added keys (``refit``) is fitted again
+    on the networks it already measured; nothing of them is measured again."""
     table, config = run.table, run.config
     if table.calibration is not None:
+        if refit:
+            table.meta["calibration"] = calibration_from_models(table, table.calibration.models)
+            _judge(run, space)
         return True
     wanted = calibration_specs(
         space.with_num_classes(table.meta["space"]["num_classes"]),
@@ -335,13 +378,25 @@ def _calibrate(run: _Build, space: SearchSpace, progress: Progress) -> bool:
         table.meta["pending_calibration"] = list(done.values())
         run.spend(time.monotonic() - group_started)
         run.save()
+        run.log(f"measured {len(done)} of {len(wanted)} calibration network(s)")
     models = [CalibrationModel.from_dict(done[name]) for name, _ in wanted]
     if run.context is None:
         _choose_context(run, models)
     table.meta["calibration"] = calibration_from_models(table, models)
     table.meta.pop("pending_calibration", None)
-    run.save()
+    _judge(run, space)
     return True
+
+
+def _judge(run: _Build, space: SearchSpace) -> None:
+    """Record the table's quality and, once, its reference timing (the space's smallest network on
+    this machine, what a later staleness check times again); then save."""
+    table = run.table
+    if table.meta.get("reference") is None:
+        smallest = space.with_num_classes(table.meta["space"]["num_classes"]).smallest()
+        table.meta["reference"] = reference_record(run.engine, smallest)
+    table.meta["quality"] = assess_quality(table)
+    run.save()
 
 
 def calibration_from_models(table: LatencyTable, models: Sequence[CalibrationModel]) -> dict[str, Any] | None:
@@ -362,6 +417,7 @@ def recalibrate(table: LatencyTable) -> LatencyTable:
     table.meta["calibration"] = calibration_from_models(table, calibration.models)
     if table.meta["calibration"] is None:
         raise EfnasError(f"latency table {table.path} lacks entries for its own calibration networks")
+    table.meta["quality"] = assess_quality(table)
     return table
 
 

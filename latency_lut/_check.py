@@ -31,7 +31,7 @@ __all__ = ["CheckConfig", "CheckReport", "check_lut", "check_specs", "plot_check
 FORMAT = "efnas-lut-check"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CheckConfig:
     samples: int = 50  # random subnets besides the presets
     seed: int = 0

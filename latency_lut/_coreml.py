@@ -4,8 +4,10 @@ device by any means, and their import as a latency table.
 1. ``coreml-bundle`` (any OS): every unit of a space, plus the calibration networks, traced with
    ``torch.jit.trace`` and converted with coremltools to an ML Program in fp16, and a
    ``manifest.json`` listing each package with its input and output shapes.
-2. Timing (on Apple hardware): ``measure-coreml`` on a Mac, or an iOS benchmark app / Xcode's
-   performance report, giving one latency per package in a CSV (format below).
+2. Timing (on Apple hardware): ``measure-coreml`` (:mod:`latency_lut._apple`, coremltools'
+   ``MLModelBenchmarker``) on a Mac or a connected iPhone, or any tool of the user's, giving one
+   latency per package in a CSV (format below) and, with ``--compute-plan``, where Core ML placed
+   each package's operations (a JSON file beside the CSV, ``NAME.compute-plan.json``).
 3. ``import``: bundle manifest + CSV -> latency table, calibrated on the networks' rows.
 
 Results CSV: a header line, then one row per package. Columns ``name`` (a unit key such as
@@ -19,7 +21,6 @@ import csv
 import io
 import json
 import logging
-import platform
 import shutil
 import time
 import warnings
@@ -33,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from supernet.errors import EfnasError, read_user_file
-from supernet.io import atomic_write_json, atomic_write_text, console, progress_bar, provenance
+from supernet.errors import EfnasError, read_user_data, read_user_file
+from supernet.io import atomic_write_json, console, progress_bar, provenance
 from supernet.model import build_model
 from supernet.space import ArchSpec, SearchSpace
 
@@ -42,14 +43,18 @@ from latency_lut._build import calibration_from_models, calibration_specs
 from latency_lut._calibration import CalibrationModel
 from latency_lut._keys import parse_key, space_units
 from latency_lut._measure import Timing, seeded_weights
-from latency_lut._table import LatencyTable, save_lut
+from latency_lut._health import assess_quality
+from latency_lut._table import LatencyTable, save_lut, table_from_dict
 
-__all__ = ["COMPUTE_UNITS", "import_results", "measure_coreml", "read_manifest", "write_bundle"]
+__all__ = ["COMPUTE_UNITS", "compute_plan_path", "import_results", "read_compute_plan", "read_manifest", "write_bundle"]
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = "efnas-coreml-bundle"
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
 CSV_COLUMNS = ("name", "compute_units", "median_ms", "p10_ms", "p90_ms", "runs")
+MAX_MS = 1e6  # a thousand seconds per prediction: anything above is a unit or typing mistake
+PLAN_FORMAT = "efnas-coreml-compute-plan"
+PLAN_DEVICES = ("neural_engine", "gpu", "cpu")
 
 
 @contextmanager
@@ -175,52 +180,65 @@ def read_manifest(bundle: str | Path) -> dict[str, Any]:
     for name in ("space", "units", "models"):
         if name not in data:
             raise EfnasError(f"{path} is missing '{name}'")
+    _check_manifest(data, path)
     return data
 
 
-def measure_coreml(
-    bundle: str | Path,
-    out_csv: str | Path,
-    compute_units: Sequence[str] = ("ALL",),
-    runs: int = 50,
-    warmup: int = 5,
-) -> Path:
-    """Time every package of the bundle with Core ML on this Mac; writes the results CSV."""
-    if platform.system() != "Darwin":
-        raise EfnasError(
-            f"Core ML prediction needs macOS; copy {bundle} to a Mac and run efnas lut measure-coreml there "
-            "(or time the packages on an iPhone and write the results CSV described in docs/latency_lut.md)"
-        )
-    unknown = [unit for unit in compute_units if unit not in COMPUTE_UNITS]
-    if unknown:
-        raise EfnasError(f"unknown compute units {', '.join(unknown)}; choose from {', '.join(COMPUTE_UNITS)}")
+_SPACE_FIELDS = {"name": str, "source": str, "fingerprint": str, "num_classes": int, "resolution": int}
 
-    manifest = read_manifest(bundle)
-    packages = manifest["units"] + manifest["models"]
-    rows = []
-    with _quiet_coremltools() as ct, progress_bar() as progress:
-        task = progress.add_task("timing Core ML packages", total=len(packages) * len(compute_units))
-        for units_name in compute_units:
-            for record in packages:
-                model = ct.models.MLModel(str(Path(bundle) / record["package"]), compute_units=ct.ComputeUnit[units_name])
-                feed = {"input": np.random.default_rng(0).standard_normal(record["input"]["shape"]).astype(np.float32)}
-                for _ in range(warmup):
-                    model.predict(feed)
-                samples = []
-                for _ in range(runs):
-                    start = time.perf_counter_ns()
-                    model.predict(feed)
-                    samples.append(time.perf_counter_ns() - start)
-                timing = Timing.from_samples(samples)
-                name = record.get("key") or record["name"]
-                rows.append({"name": name, "compute_units": units_name, **timing.to_dict()})
-                progress.advance(task)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out_csv, buffer.getvalue())
-    return Path(out_csv)
+
+def _check_manifest(data: dict[str, Any], path: Path) -> None:
+    """Every field import and measure-coreml read, with its type: a hand-edited manifest is one
+    line of error, never a KeyError, nor a table the loader then rejects."""
+    space = data["space"]
+    if not isinstance(space, dict):
+        raise EfnasError(f"{path}: 'space' must be an object")
+    for name, kind in _SPACE_FIELDS.items():
+        value = space.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 1) or (kind is str and not value):
+            raise EfnasError(f"{path}: space '{name}' must be {'a positive integer' if kind is int else 'a non-empty string'}, got {value!r}")
+    if not isinstance(data.get("precision", "fp16"), str) or not isinstance(data.get("batch", 1), int) or data.get("batch", 1) < 1:
+        raise EfnasError(f"{path}: 'precision' must be a string and 'batch' a positive integer")
+    for section, name_field in (("units", "key"), ("models", "name")):
+        records = data[section]
+        if not isinstance(records, list):
+            raise EfnasError(f"{path}: '{section}' must be a list")
+        for i, record in enumerate(records):
+            where = f"{path}: {section}[{i}]"
+            if not isinstance(record, dict) or not isinstance(record.get(name_field), str):
+                raise EfnasError(f"{where} must be an object with a '{name_field}' string")
+            if section == "units":
+                try:
+                    parse_key(record["key"])
+                except EfnasError as exc:
+                    raise EfnasError(f"{where}: {exc}") from None
+            else:
+                _check_model_record(record, where)
+            _check_package(record.get("package"), where)
+            shape = (record.get("input") or {}).get("shape") if isinstance(record.get("input"), dict) else None
+            if not isinstance(shape, list) or not shape or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n < 2**16 for n in shape):
+                raise EfnasError(f"{where}: 'input' must be an object with a 'shape' list of positive integers")
+
+
+def _check_model_record(record: dict[str, Any], where: str) -> None:
+    if not record["name"].startswith("model:"):
+        raise EfnasError(f"{where}: name must start with 'model:', got {record['name']!r}")
+    if not isinstance(record.get("arch"), dict):
+        raise EfnasError(f"{where}: 'arch' must be an architecture object")
+    try:
+        ArchSpec.from_dict(record["arch"])
+    except (EfnasError, TypeError, ValueError, KeyError) as exc:
+        raise EfnasError(f"{where}: 'arch' is not an architecture ({exc})") from None
+
+
+def _check_package(package: Any, where: str) -> None:
+    """A package path inside the bundle: relative, without '..', so a manifest cannot make the
+    tool read (or time) files elsewhere."""
+    if not isinstance(package, str) or not package:
+        raise EfnasError(f"{where}: 'package' must be a path inside the bundle")
+    parts = Path(package).parts
+    if Path(package).is_absolute() or ".." in parts or "\\" in package:
+        raise EfnasError(f"{where}: package {package!r} must be a relative path inside the bundle, without '..'")
 
 
 def _read_results(path: Path, compute_units: str | None) -> dict[str, Timing]:
@@ -249,14 +267,70 @@ def _read_results(path: Path, compute_units: str | None) -> dict[str, Timing]:
             p10 = float(row["p10_ms"]) if row.get("p10_ms") else median
             p90 = float(row["p90_ms"]) if row.get("p90_ms") else median
             runs = int(row["runs"]) if row.get("runs") else 1
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             raise EfnasError(f"results file {path} line {line}: {exc}") from None
         if not (np.isfinite([median, p10, p90]).all() and 0 <= p10 <= median <= p90 and runs >= 1):
             raise EfnasError(f"results file {path} line {line}: needs 0 <= p10_ms <= median_ms <= p90_ms and runs >= 1")
+        if not (p10 > 0 and p90 <= MAX_MS):
+            raise EfnasError(
+                f"results file {path} line {line}: '{name}' times must be above 0 and at most {MAX_MS:g} ms "
+                f"(got p10 {p10:g}, median {median:g}, p90 {p90:g}); a prediction cannot take no time or hours"
+            )
         if name in results:
             raise EfnasError(f"results file {path} line {line}: '{name}' appears twice")
         results[name] = Timing(median, p10, p90, runs)
     return results
+
+
+def compute_plan_path(results: str | Path) -> Path:
+    """Where ``measure-coreml --compute-plan`` writes the plan for a results CSV, and where
+    ``import`` looks for it: beside the CSV, ``NAME.compute-plan.json``."""
+    results = Path(results)
+    return results.with_name(results.stem + ".compute-plan.json")
+
+
+def _check_share(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise EfnasError(f"{where} must be a share between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def read_compute_plan(path: str | Path, names: set[str]) -> dict[str, Any]:
+    """A compute-plan file, checked field by field against the bundle's package ``names``."""
+    path = Path(path)
+    data = read_user_data(path, "compute-plan file", format="json")
+    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT or not isinstance(data.get("packages"), dict):
+        raise EfnasError(f"{path} is not a compute-plan file (expected \"format\": \"{PLAN_FORMAT}\" and \"packages\")")
+    for units, plans in data["packages"].items():
+        if units not in COMPUTE_UNITS or not isinstance(plans, dict):
+            raise EfnasError(f"{path}: packages must map compute units ({', '.join(COMPUTE_UNITS)}) to plans, got {units!r}")
+        for name, plan in plans.items():
+            where = f"{path}: {units} '{name}'"
+            if name not in names:
+                raise EfnasError(f"{where} is not a package of the bundle")
+            operations = plan.get("operations") if isinstance(plan, dict) else None
+            if isinstance(operations, bool) or not isinstance(operations, int) or operations < 0:
+                raise EfnasError(f"{where} needs 'operations', a count of at least 0")
+            for device in PLAN_DEVICES:
+                _check_share(plan.get(device), f"{where} '{device}'")
+            cost = plan.get("cost")
+            if cost is not None:
+                if not isinstance(cost, dict):
+                    raise EfnasError(f"{where} 'cost' must be null or an object of shares")
+                for device in PLAN_DEVICES:
+                    _check_share(cost.get(device), f"{where} cost '{device}'")
+    return data
+
+
+def _table_compute_plan(path: Path, names: set[str], entries: dict[str, Timing], compute_units: str | None) -> dict[str, Any]:
+    """``meta.compute_plan`` of an imported table: per timed unit, the plan of the compute units used."""
+    packages = read_compute_plan(path, names)["packages"]
+    if compute_units is None:
+        if len(packages) > 1:
+            raise EfnasError(f"{path} has plans for compute units {', '.join(sorted(packages))}; choose one with --compute-units")
+        compute_units = next(iter(packages), None)
+    plans = packages.get(compute_units, {})
+    return {key: {**plans[key], "ms": entries[key].median_ms} for key in entries if key in plans}
 
 
 def import_results(
@@ -265,8 +339,12 @@ def import_results(
     device: str,
     out: str | Path,
     compute_units: str | None = None,
+    *,
+    compute_plan: str | Path | None = None,
 ) -> LatencyTable:
-    """Turn device timings of a bundle's packages into a (calibrated, where possible) table."""
+    """Turn device timings of a bundle's packages into a (calibrated, where possible) table; with
+    ``compute_plan`` (a file ``measure-coreml --compute-plan`` wrote), ``meta.compute_plan`` says
+    where Core ML placed each unit's operations."""
     manifest = read_manifest(bundle)
     timings = _read_results(Path(results), compute_units)
     known_units = [record["key"] for record in manifest["units"]]
@@ -295,6 +373,9 @@ def import_results(
         "provenance": provenance(("coremltools",)),
         "calibration": None,
     }
+    if compute_plan is not None:
+        meta["compute_plan"] = _table_compute_plan(Path(compute_plan), set(known_units) | set(known_models), entries, compute_units)
+        meta["measurement"]["compute_plan"] = str(compute_plan)
     table = LatencyTable(meta, entries, path=Path(out))
     models = []
     for name, record in known_models.items():
@@ -306,5 +387,8 @@ def import_results(
             "[yellow]no calibration: the results time fewer than 2 calibration networks whose units are all "
             "timed too; predictions are the plain sum of the units[/]"
         )
+    meta["quality"] = assess_quality(table)
+    # Whatever the manifest and CSV held, never write a table the loader would refuse.
+    table_from_dict(json.loads(table.to_json()), f"table imported from {results}")
     save_lut(table, out)
     return table

@@ -15,9 +15,9 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from supernet.errors import EfnasError, read_user_file
+from supernet.errors import EfnasError, read_user_data
 from supernet.io import atomic_write_text
-from supernet.space import ArchSpec, SearchSpace
+from supernet.space import ArchSpec, SearchSpace, builtin_space_names
 
 from latency_lut._calibration import Calibration
 from latency_lut._keys import category_of, op_units, parse_key, space_keys
@@ -38,6 +38,9 @@ _META_REQUIRED = {
     "source": str,
 }
 SOURCES = ("measured", "imported")
+#: More blocks than any EfficientFormer has (L7: 38): an architecture beyond it is a typo, and
+#: listing it unit by unit would take memory without end.
+MAX_BLOCKS = 1000
 _KIND_NAMES = {str: "a string", int: "an integer", dict: "an object"}
 
 
@@ -89,14 +92,24 @@ class LatencyTable:
             f"{self.meta['resolution']}x{self.meta['resolution']}"
         )
 
-    def check_space(self, space: SearchSpace) -> None:
-        """Raise a one-line :class:`EfnasError` if this table was made for another space."""
+    def check_space(self, space: SearchSpace, *, space_arg: str | None = None, copy_to: str | Path | None = None) -> None:
+        """Raise a one-line :class:`EfnasError` if this table was made for another space.
+
+        The error's command builds a table for ``space`` into a new file (``copy_to``, e.g. in the
+        caller's run folder; default: a file named after the space in the current folder), never
+        into this table; ``space_arg`` is how the user named ``space`` (a built-in name or a file).
+        """
         mine = self.meta["space"]
         if mine["fingerprint"] != space.fingerprint():
+            if space_arg is None:
+                space_arg = space.name if space.name in builtin_space_names() else "SPACE_FILE"
+            out = copy_to or f"{space.name}_{self.backend}-{self.meta['threads']}thread.json"
+            args = ["efnas", "lut", "build", "--space", space_arg, "--backend", self.backend]
+            args += ["--threads", str(self.meta["threads"]), "--out", str(out)]
             raise EfnasError(
                 f"latency table {self._where()} was made for space '{mine['name']}' (fingerprint "
                 f"{mine['fingerprint']}), not for space '{space.name}' (fingerprint {space.fingerprint()}); "
-                f"build one with: {self.fill_command(space_arg=space.name)}"
+                f"build one with: {shlex.join(args)}"
             )
 
     def check_covers(self, space: SearchSpace) -> None:
@@ -123,9 +136,13 @@ class LatencyTable:
                 seen[placed.unit.key] = None
         return list(seen)
 
-    def fill_command(self, spec: ArchSpec | None = None, space_arg: str | None = None) -> str:
+    def fill_command(self, spec: ArchSpec | None = None, space_arg: str | None = None, *, copy_to: str | Path | None = None) -> str:
         """The command that measures this table's missing keys: ``efnas lut build`` (it resumes),
-        or for a table imported from Core ML timings, a bundle of the missing keys to time again."""
+        or for a table imported from Core ML timings, a bundle of the missing keys to time again.
+
+        A table inside the installed package is never the target: the command copies it first
+        (to ``copy_to``, e.g. in the caller's run folder; default: its name in the current folder).
+        """
         space = self.meta["space"]
         if self.meta.get("source") == "imported":
             args = ["efnas", "lut", "coreml-bundle", "--space", space_arg or space.get("source") or space["name"]]
@@ -136,8 +153,12 @@ class LatencyTable:
         if spec is not None and spec.num_classes != space.get("num_classes"):
             args += ["--num-classes", str(spec.num_classes)]
         args += ["--backend", self.backend, "--threads", str(self.meta["threads"])]
-        args += ["--out", str(self.path) if self.path else "TABLE.json"]
-        return shlex.join(args)
+        if self.path is None:
+            return shlex.join([*args, "--out", str(copy_to or "TABLE.json")])
+        if not in_installed_package(self.path):
+            return shlex.join([*args, "--out", str(self.path)])
+        copy = str(copy_to or self.path.name)
+        return f"{shlex.join(['cp', str(self.path), copy])} && {shlex.join([*args, '--out', copy])}"
 
     @property
     def call_overhead_ms(self) -> float:
@@ -203,6 +224,26 @@ class LatencyTable:
         body = ",\n".join(lines)
         entries = "{\n" + body + "\n  }" if lines else "{}"
         return head[: head.rindex("}")].rstrip() + f',\n  "entries": {entries}\n}}\n'
+
+
+def in_installed_package(path: str | Path) -> bool:
+    """Whether ``path`` lies inside this package (its shipped tables) or a site-packages folder:
+    places a command should never write to."""
+    import sysconfig
+
+    resolved = Path(path).resolve()
+    roots = [Path(__file__).resolve().parent]
+    roots += [Path(p).resolve() for p in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}]
+    return any(resolved.is_relative_to(root) for root in roots)
+
+
+def suggested_out(path: Path | None, suffix: str) -> str:
+    """Where a command should write a new version of the table at ``path``: next to it with
+    ``suffix`` added to its name, or in the current folder when it lies in the installed package."""
+    if path is None:
+        return f"TABLE{suffix}.json"
+    name = f"{path.stem}{suffix}{path.suffix or '.json'}"
+    return name if in_installed_package(path) else str(path.with_name(name))
 
 
 def _first(keys: list[str], count: int) -> str:
@@ -286,7 +327,21 @@ def _check_meta(meta: Any, where: str) -> dict[str, Any]:
             Calibration.from_dict(meta["calibration"])
         except EfnasError as exc:
             raise EfnasError(f"{where}: {exc}") from None
+    if meta.get("reference") is not None:
+        _check_reference(meta["reference"], where)
     return meta
+
+
+def _check_reference(reference: Any, where: str) -> None:
+    """``meta.reference``: the network timed at build time to tell later whether this machine
+    still runs as the table's did (see :mod:`latency_lut._health`)."""
+    if not isinstance(reference, dict) or not isinstance(reference.get("arch"), dict):
+        raise EfnasError(f"{where}: meta 'reference' must be an object with an 'arch' object")
+    if not isinstance(reference.get("hardware"), str):
+        raise EfnasError(f"{where}: meta reference needs a 'hardware' string")
+    for name in ("median_ms", "p10_ms", "p90_ms"):
+        if not _number(reference.get(name)) or reference[name] <= 0:
+            raise EfnasError(f"{where}: meta reference {name} must be a positive number, got {reference.get(name)!r}")
 
 
 def table_from_dict(data: Any, where: str = "latency table") -> LatencyTable:
@@ -313,11 +368,7 @@ def table_from_dict(data: Any, where: str = "latency table") -> LatencyTable:
 def load_lut(path: str | Path) -> LatencyTable:
     """Read and validate a latency table file."""
     path = Path(path)
-    text = read_user_file(path, "latency table")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EfnasError(f"latency table {path} is not valid JSON: {exc}") from None
+    data = read_user_data(path, "latency table", format="json")
     table = table_from_dict(data, f"latency table {path}")
     table.path = path
     return table

@@ -14,6 +14,8 @@ from supernet.errors import EfnasError
 from supernet.io import console
 from supernet.space import load_arch, load_space
 
+from latency_lut._table import in_installed_package
+
 __all__ = ["build_flags", "check_flags", "register"]
 
 _FORMAT = DocFormatter
@@ -36,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "  efnas lut check --lut tiny.json --samples 50\n"
             "  efnas lut show tiny.json --preset L1\n"
             "  efnas lut calibrate --lut tiny.json\n"
+            "  efnas lut recalibrate latency_lut/tables/tiny_onnxruntime-cpu1.json --out tiny-here.json\n"
             "  efnas lut coreml-bundle --space efficientformer-v1 --out bundle/\n"
+            "  efnas lut measure-coreml bundle/ --device iphone --team ABCDE12345 --compute-plan   # on a Mac\n"
             "  efnas lut import --bundle bundle/ --results results.csv --device 'iPhone 12' --out iphone12.json"
         ),
     )
@@ -50,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_build(commands)
     _add_check(commands)
     _add_calibrate(commands)
+    _add_recalibrate(commands)
     _add_show(commands)
     _add_bundle(commands)
     _add_measure_coreml(commands)
@@ -85,6 +90,7 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--space", required=True, help="built-in space name or a space file")
     build.add_argument("--out", required=True, type=Path, help="table file to write (resumed if it exists)")
     build_flags().add_arguments(build)
+    build.add_argument("--no-progress", action="store_true", help="no progress bar: one log line per group of units or networks")
     build.set_defaults(func=_run_build)
 
 
@@ -117,7 +123,9 @@ def _run_build(args: argparse.Namespace) -> int:
 
     config, _ = build_flags().from_args(args)
     space = load_space(args.space)
-    result = build_lut(space, args.out, config, space_arg=args.space)
+    if in_installed_package(args.out):
+        raise EfnasError(f"--out {args.out} lies inside the installed package; build into your run folder or current folder")
+    result = build_lut(space, args.out, config, space_arg=args.space, show_progress=not args.no_progress)
     table = result.table
     console.print(
         f"{args.out}: {len(table.entries)} unit(s); this run measured {result.measured} and re-measured "
@@ -127,8 +135,19 @@ def _run_build(args: argparse.Namespace) -> int:
         console.print("[yellow]stopped after --max-minutes; run the same command again to continue[/]")
         return 3
     _print_calibration(table)
+    _print_warnings(table, stale=False)
     console.print(f"check it with: efnas lut check --lut {args.out}")
     return 0
+
+
+def _print_warnings(table, stale: bool) -> None:
+    """The table's quality warning, and with ``stale`` its staleness warning (times its reference
+    network here, a few hundred ms), each one line."""
+    from latency_lut._health import quality_warning, staleness_warning
+
+    for warning in (quality_warning(table), staleness_warning(table) if stale else None):
+        if warning:
+            console.print(f"[yellow]warning: {warning}[/]", soft_wrap=True)
 
 
 # -- check -------------------------------------------------------------------------------------
@@ -237,6 +256,53 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     table = recalibrate(load_lut(args.lut))
     save_lut(table, args.lut)
     _print_calibration(table)
+    _print_warnings(table, stale=False)
+    return 0
+
+
+# -- recalibrate -------------------------------------------------------------------------------
+
+
+def _add_recalibrate(commands: argparse._SubParsersAction) -> None:
+    command = commands.add_parser(
+        "recalibrate",
+        help="adapt a table measured on another machine to this one in seconds (times only its calibration networks)",
+        description=(
+            "Time the table's calibration networks (and, with --samples, more random networks of its space), "
+            "its reference network and that network's units on this machine, fit the calibration again on "
+            "them, and write the result as a new table: the entries stay those of the machine that measured "
+            "them, meta.recalibration records both machines. Seconds for tiny, under a minute for "
+            "efficientformer-v1, against minutes for a full lut build. Use it when efnas warns that a table "
+            "does not describe this machine; a table measured here with lut build is still the most exact."
+        ),
+        formatter_class=_FORMAT,
+        epilog=(
+            "examples:\n"
+            "  efnas lut recalibrate latency_lut/tables/tiny_onnxruntime-cpu1.json --out tiny-here.json\n"
+            "  efnas lut recalibrate v1-other-machine.json --out runs/v1-here.json --samples 12"
+        ),
+    )
+    command.add_argument("table", type=Path, help="the table to adapt (left as it is)")
+    command.add_argument("--out", required=True, type=Path, help="the new table file")
+    command.add_argument("--samples", type=int, default=0, help="random networks to time besides the table's calibration networks (default: %(default)s)")
+    command.add_argument("--rounds", type=int, default=8, help="visits per network (default: %(default)s)")
+    command.add_argument("--no-progress", action="store_true", help="no progress bar")
+    command.set_defaults(func=_run_recalibrate)
+
+
+def _run_recalibrate(args: argparse.Namespace) -> int:
+    from latency_lut._recalibrate import recalibrate_here
+    from latency_lut._table import load_lut
+
+    result = recalibrate_here(load_lut(args.table), args.out, samples=args.samples, rounds=args.rounds, show_progress=not args.no_progress)
+    table = result.table
+    ratio = ", ".join(f"{name} {value:.2f}x" for name, value in table.meta["recalibration"]["unit_ratio"].items())
+    console.print(f"{args.out}: calibrated for {table.meta['device']} on {result.networks} network(s) timed here in "
+                  f"{result.seconds:.0f} s", soft_wrap=True)
+    if ratio:
+        console.print(f"the reference network's units run here at {ratio} of their entries", soft_wrap=True)
+    _print_calibration(table)
+    _print_warnings(table, stale=False)
     return 0
 
 
@@ -272,7 +338,57 @@ def _add_show(commands: argparse._SubParsersAction) -> None:
     which = show.add_mutually_exclusive_group()
     which.add_argument("--arch", type=Path, help="architecture JSON to price")
     which.add_argument("--preset", help="preset of the table's space to price")
+    show.add_argument("--no-stale-check", action="store_true",
+                      help="do not time the table's reference network to tell whether it describes this machine")
     show.set_defaults(func=_run_show)
+
+
+def _shown_spec(args: argparse.Namespace, meta: dict):
+    """The architecture to price, checked against the table's space first: a hand-written depth
+    of 1e9 would otherwise be listed block by block."""
+    from latency_lut._table import MAX_BLOCKS
+
+    space_meta = meta["space"]
+    if args.preset:
+        space = load_space(space_meta.get("source") or space_meta["name"])
+        return space.with_num_classes(space_meta.get("num_classes", space.num_classes)).preset(args.preset)
+    spec = load_arch(args.arch)
+    try:
+        space = load_space(space_meta.get("source") or space_meta["name"])
+    except EfnasError:
+        space = None  # a space file that moved: the table's fingerprint still guards the keys
+    if space is not None and space.fingerprint() == space_meta["fingerprint"]:
+        return space.with_num_classes(spec.num_classes).validate(spec)
+    if sum(spec.depths) > MAX_BLOCKS:
+        raise EfnasError(f"architecture {args.arch} has {sum(spec.depths)} blocks; a latency table prices at most {MAX_BLOCKS}")
+    return spec
+
+
+def _print_compute_plan(meta: dict) -> None:
+    """Where Core ML placed each unit's operations (``measure-coreml --compute-plan``): the share of
+    operations on the Neural Engine, the GPU and the CPU, and of Core ML's estimated time where it
+    gives one, the slowest units first."""
+    plan = meta.get("compute_plan")
+    if not isinstance(plan, dict) or not plan:
+        return
+    devices = ("neural_engine", "gpu", "cpu")
+    table = Table(title="Core ML compute plan: share of each unit's operations (and of its estimated time) per device")
+    for column in ("unit", "ms", "ops", "Neural Engine", "GPU", "CPU"):
+        table.add_column(column, justify="left" if column == "unit" else "right")
+
+    def share(value) -> str:
+        return f"{100 * value:.0f}%" if isinstance(value, (int, float)) else "?"
+
+    def ms(shares) -> float | None:
+        value = shares.get("ms")
+        return value if isinstance(value, (int, float)) else None
+
+    rows = [(key, shares) for key, shares in plan.items() if isinstance(shares, dict)]  # skip hand-edited junk
+    for key, shares in sorted(rows, key=lambda row: ms(row[1]) or -1.0, reverse=True):
+        cost = shares.get("cost") if isinstance(shares.get("cost"), dict) else None
+        cells = [share(shares.get(device)) + (f" ({share(cost.get(device))})" if cost else "") for device in devices]
+        table.add_row(key, f"{ms(shares):.3f}" if ms(shares) is not None else "", str(shares.get("operations", "")), *cells)
+    console.print(table)
 
 
 def _run_show(args: argparse.Namespace) -> int:
@@ -286,14 +402,16 @@ def _run_show(args: argparse.Namespace) -> int:
     prov = meta.get("provenance") or {}
     if prov:
         console.print(f"made {prov.get('date')} on {prov.get('machine', {}).get('hostname')} by: {prov.get('command')}")
+    recalibration = meta.get("recalibration")
+    if recalibration:
+        console.print(f"recalibrated for {meta['device']} on {recalibration['provenance']['date']}; entries measured on "
+                      f"{recalibration['entries_measured_on'].get('device')}")
     _print_calibration(lut)
+    _print_compute_plan(meta)
+    _print_warnings(lut, stale=not args.no_stale_check)
     if not (args.arch or args.preset):
         return 0
-    if args.arch:
-        spec = load_arch(args.arch)
-    else:
-        space = load_space(meta["space"].get("source") or meta["space"]["name"])
-        spec = space.with_num_classes(meta["space"].get("num_classes", space.num_classes)).preset(args.preset)
+    spec = _shown_spec(args, meta)
     table = Table(title=spec.label())
     for column in ("unit", "count", "entry ms", "total ms"):
         table.add_column(column, justify="left" if column == "unit" else "right")
@@ -317,8 +435,8 @@ def _add_bundle(commands: argparse._SubParsersAction) -> None:
             "Write one Core ML package (ML Program, fp16, traced with torch.jit.trace and converted "
             "with coremltools) per latency unit of the space, the calibration networks as whole "
             "models, and manifest.json listing every package with its input and output shapes. Time "
-            "the packages on the device (efnas lut measure-coreml on a Mac, or an iOS benchmark app / "
-            "Xcode's performance report on an iPhone), then turn the timings into a table with "
+            "the packages on the device (efnas lut measure-coreml on a Mac, for the Mac or a connected "
+            "iPhone, or an app of your own / Xcode's performance report), then turn the timings into a table with "
             "efnas lut import. Works on any OS; an existing bundle is completed, not rewritten."
         ),
         formatter_class=_FORMAT,
@@ -360,30 +478,56 @@ def _add_measure_coreml(commands: argparse._SubParsersAction) -> None:
 
     measure = commands.add_parser(
         "measure-coreml",
-        help="time a Core ML bundle on this Mac and write the results CSV (macOS only)",
+        help="time a Core ML bundle on this Mac or a connected iPhone with coremltools' benchmarker (macOS only)",
         description=(
-            "Time every package of a bundle with Core ML on this Mac (warm-up, then repeated "
-            "predictions; median, p10, p90) for each requested set of compute units, and write the "
-            "results CSV that efnas lut import reads. Core ML prediction exists only on macOS; on "
-            "other systems this command says so and stops."
+            "Time every package of a bundle with coremltools' MLModelBenchmarker, on this Mac (--device mac) "
+            "or on a connected iPhone (--device iphone, or the device's name): coremltools builds its own "
+            "model-runner app with Xcode, installs it on the phone and runs the predictions there. Each "
+            "package gets --warmup untimed and --runs timed predictions per compute-unit setting (median, "
+            "p10, p90), written to the results CSV that efnas lut import reads, rewritten after every "
+            "package: a stopped run continues where it was, packages already in the CSV are not timed "
+            "again. --compute-plan also records, per package, the share of its operations that Core ML "
+            "places on the Neural Engine, the GPU and the CPU (NAME.compute-plan.json beside the CSV); lut "
+            "import puts it into the table and lut show prints it. Needs macOS 14.4 or later; on other "
+            "systems this command says so and stops. Written against coremltools 9.0's source; not yet run "
+            "on Apple hardware."
         ),
         formatter_class=_FORMAT,
-        epilog="examples:\n  efnas lut measure-coreml bundle-v1/\n  efnas lut measure-coreml bundle-v1/ --compute-units ALL,CPU_ONLY --out m1.csv",
+        epilog=(
+            "examples:\n"
+            "  efnas lut measure-coreml bundle-v1/\n"
+            "  efnas lut measure-coreml bundle-v1/ --device iphone --team ABCDE12345 --compute-plan --out iphone.csv\n"
+            "  efnas lut measure-coreml bundle-v1/ --device \"Ana's iPhone\" --compute-units ALL,CPU_ONLY\n"
+            "  efnas lut measure-coreml bundle-v1/ --compute-units ALL,CPU_ONLY --out m1.csv"
+        ),
     )
     measure.add_argument("bundle", type=Path, help="bundle folder written by efnas lut coreml-bundle")
+    measure.add_argument("--device", default="mac",
+                         help="mac (this Mac, the default), iphone (the one connected iPhone) or a device name as "
+                              "'xcrun devicectl list devices' shows it")
     measure.add_argument("--compute-units", default="ALL", help=f"comma-separated, from {', '.join(COMPUTE_UNITS)} (default: %(default)s)")
     measure.add_argument("--runs", type=int, default=50, help="timed predictions per package (default: %(default)s)")
-    measure.add_argument("--out", type=Path, help="results CSV (default: BUNDLE/results.csv)")
+    measure.add_argument("--warmup", type=int, default=5, help="untimed predictions before them (default: %(default)s)")
+    measure.add_argument("--compute-plan", action="store_true",
+                         help="also record where Core ML places each package's operations (Neural Engine, GPU, CPU)")
+    measure.add_argument("--team", help="Apple development team ID that signs coremltools' model-runner app for a phone")
+    measure.add_argument("--out", type=Path, help="results CSV (default: BUNDLE/results.csv; resumed if it exists)")
+    measure.add_argument("--no-progress", action="store_true", help="no progress bar")
     measure.set_defaults(func=_run_measure_coreml)
 
 
 def _run_measure_coreml(args: argparse.Namespace) -> int:
-    from latency_lut._coreml import measure_coreml
+    from latency_lut._apple import measure_bundle
 
     units = [unit.strip() for unit in args.compute_units.split(",") if unit.strip()]
-    out = args.out or args.bundle / "results.csv"
-    measure_coreml(args.bundle, out, units, runs=args.runs)
-    console.print(f"results: {out}")
+    result = measure_bundle(args.bundle, out=args.out, device=args.device, compute_units=units, runs=args.runs,
+                            warmup=args.warmup, compute_plan=args.compute_plan, team=args.team,
+                            show_progress=not args.no_progress)
+    console.print(f"{result.csv}: timed {result.timed} package(s) on {result.device}, {result.skipped} already there"
+                  + (f"; compute plan of {result.planned} in {result.compute_plan}" if result.compute_plan else ""), soft_wrap=True)
+    units_flag = f" --compute-units {units[0]}" if len(units) > 1 else ""
+    console.print(f"make the table with: efnas lut import --bundle {args.bundle} --results {result.csv} "
+                  f"--device '{result.device}'{units_flag} --out TABLE.json", soft_wrap=True)
     return 0
 
 
@@ -405,14 +549,22 @@ def _add_import(commands: argparse._SubParsersAction) -> None:
     imp.add_argument("--device", required=True, help="device name recorded in the table, e.g. 'iPhone 12'")
     imp.add_argument("--out", required=True, type=Path, help="table file to write")
     imp.add_argument("--compute-units", help="which rows to use when the CSV has several compute units")
+    imp.add_argument("--compute-plan", type=Path,
+                     help="compute plan of measure-coreml --compute-plan (default: RESULTS.compute-plan.json beside the CSV, if there)")
     imp.set_defaults(func=_run_import)
 
 
 def _run_import(args: argparse.Namespace) -> int:
-    from latency_lut._coreml import import_results
+    from latency_lut._coreml import compute_plan_path, import_results
 
     if args.out.exists() and args.out.resolve() == args.results.resolve():
         raise EfnasError("--out must not be the results file")
-    table = import_results(args.bundle, args.results, args.device, args.out, args.compute_units)
-    console.print(f"{args.out}: {len(table.entries)} unit(s) for {args.device}; {'calibrated' if table.calibration else 'not calibrated'}")
+    plan = args.compute_plan
+    if plan is None and compute_plan_path(args.results).exists():
+        plan = compute_plan_path(args.results)
+    table = import_results(args.bundle, args.results, args.device, args.out, args.compute_units, compute_plan=plan)
+    planned = f"; compute plan of {len(table.meta['compute_plan'])} unit(s) from {plan}" if plan is not None else ""
+    console.print(f"{args.out}: {len(table.entries)} unit(s) for {args.device}; "
+                  f"{'calibrated' if table.calibration else 'not calibrated'}{planned}", soft_wrap=True)
+    _print_warnings(table, stale=False)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from nas.demo import DemoConfig
+from nas.demo import TABLE_CHOICES, DemoConfig
 from supernet.cli import DocFormatter
 from supernet.cliconfig import ConfigFlags, Flag
 
@@ -20,7 +20,9 @@ DEMO_FLAGS = ConfigFlags(DemoConfig, {
     "budget": Flag("latency budget: a preset of the space (its predicted latency) or milliseconds (default: %(default)s)"),
     "trials": Flag("architectures the TPE search evaluates; the slimming runs until it is done (default: %(default)s)"),
     "val_subset": Flag("validation images that score an architecture during the searches (default: %(default)s)"),
-    "measure": Flag("measure a latency table on this machine (a few minutes) instead of using the shipped one"),
+    "table": Flag("latency table: recalibrate (the shipped one re-timed on this machine, seconds), "
+                  "measure (a whole table here, a few minutes) or shipped (as measured elsewhere) (default: %(default)s)",
+                  choices=TABLE_CHOICES),
     "seed": Flag("seed of training, search and export (default: %(default)s)"),
     "threads": Flag("intra-op CPU threads (default: torch's choice)"),
 })
@@ -33,8 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the whole pipeline on the bundled data in a few minutes: train, search, export",
         description=(
             "Run the whole pipeline on the embedded digits-mosaic task: train the tiny space's supernet "
-            "once (a finished one in OUT/supernet is reused, an interrupted one resumed), take the latency "
-            "table shipped for this space (or measure one here with --measure), search under --budget with "
+            "once (a finished one in OUT/supernet is reused, an interrupted one resumed), adapt the latency "
+            "table shipped for this space to this machine (or measure one here with --table measure), search under --budget with "
             "TPE and with the paper's greedy slimming, export the better winner to PyTorch, TorchScript, "
             "ONNX and Core ML with every output checked, and print a summary.\n\n"
             "Every step first prints the efnas command that does the same by hand, so you can go on from "
@@ -45,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "examples:\n"
             "  efnas demo                           # everything under runs/demo\n"
             "  efnas demo --budget 0.5 --trials 60  # a budget in milliseconds, longer searches\n"
-            "  efnas demo --measure                 # measure this machine's latency table first"
+            "  efnas demo --table measure           # measure this machine's whole latency table first"
         ),
     )
     DEMO_FLAGS.add_arguments(parser)

@@ -25,6 +25,7 @@ _SOURCE = "what to export (exactly one of --arch, --preset, --study)"
 _DATA = "calibration, evaluation and fine-tuning"
 _FORMATS = "formats and checks"
 _LATENCY = "latency on the model card"
+_CARD = "model card"
 
 # In the order of `efnas export --help`.
 EXPORT_FLAGS = ConfigFlags(ExportConfig, {
@@ -60,10 +61,14 @@ EXPORT_FLAGS = ConfigFlags(ExportConfig, {
                          "other formats (default: %(default)s)", choices=("image", "tensor"), group=_FORMATS),
     "tolerance": Flag("largest |Δ| allowed between TorchScript/ONNX and PyTorch logits, fp32 (default: %(default)s)",
                       metavar="X", group=_FORMATS),
-    "luts": Flag("latency table to predict the latency with (repeatable; default: the shipped onnxruntime CPU table of the space, if any)",
+    "luts": Flag("latency table to predict the latency with (repeatable; default: the search's own tables for --study, "
+                 "else the shipped onnxruntime CPU table of the space, if any)",
                  flag="--lut", metavar="FILE", group=_LATENCY),
     "latency_rounds": Flag("rounds of 1 warm-up + 3 timed onnxruntime runs (1 thread) measured here; 0 skips it (default: %(default)s)",
                            metavar="N", group=_LATENCY),
+    "author": Flag("who made the model, on the model card", metavar="NAME", group=_CARD),
+    "license": Flag("Hugging Face license id of the weights (apache-2.0, mit, cc-by-4.0, other, ...): the card's front matter "
+                    "and config.json", metavar="ID", group=_CARD),
 })
 """The flags of ``efnas export``, one per field of :class:`ExportConfig`."""
 
@@ -71,17 +76,20 @@ EXPORT_FLAGS = ConfigFlags(ExportConfig, {
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
-        help="export a subnet as PyTorch, TorchScript, ONNX and Core ML, each checked, with a model card",
+        help="export a subnet as PyTorch, safetensors (timm/hub), TorchScript, ONNX and Core ML, each checked, with a model card",
         description=(
             "Extract one architecture from a trained supernet, re-estimate its BatchNorm statistics on "
             "training batches, optionally fine-tune it (distilled from the supernet's largest subnet), "
             "evaluate it, and write the requested formats into --out. Each written file is checked: "
-            "model.pt reloads strictly into build_model (and into timm's EfficientFormer when the "
-            "architecture is L1, L3 or L7); TorchScript and ONNX (run with onnxruntime) must match "
+            "model.pt reloads strictly into build_model (and into timm's EfficientFormer whenever timm "
+            "can build the shape); model.safetensors with a hub-style config.json loads with "
+            "timm.create_model('local-dir:OUT', pretrained=True); TorchScript and ONNX (run with onnxruntime) must match "
             "PyTorch within --tolerance; the Core ML package is reopened and its inputs, outputs and "
-            "operations checked (and its prediction compared on macOS). The folder also gets arch.json, "
-            "export.json (the full record) and model_card.md (accuracy, latency predicted by each "
-            "--lut and measured here with onnxruntime, how the export was made).\n\n"
+            "operations checked (and its prediction compared on macOS); it is a classifier when the class "
+            "names are known. The folder also gets arch.json (with the eval transform in timm's "
+            "pretrained_cfg form), export.json (the full record) and model_card.md (Hugging Face front "
+            "matter; accuracy, latency predicted by each table and measured here with onnxruntime, how "
+            "the export was made).\n\n"
             "Everything is written to a hidden folder next to --out and renamed to --out only when all "
             "of it succeeded: an error leaves nothing behind, and an existing --out is replaced only "
             "with --force. See docs/export.md for loading the outputs in timm, onnxruntime and Xcode."
@@ -92,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "  efnas export --supernet runs/tiny --preset L1 --out exports/tiny-l1\n"
             "  efnas export --supernet runs/tiny --arch runs/search/best.json --out exports/best\n"
             "  efnas export --supernet runs/tiny --study tiny-2ms --storage sqlite:///runs/search/study.db \\\n"
-            "      --out exports/tiny-2ms --finetune-epochs 2\n"
+            "      --out exports/tiny-2ms --finetune-epochs 2 --author 'Jane Doe' --license apache-2.0\n"
             "  efnas export --supernet runs/v1 --preset L1 --formats onnx,coreml --coreml-precision fp32 \\\n"
             "      --coreml-input tensor --lut iphone12.json --out exports/l1 --force"
         ),

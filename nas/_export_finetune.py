@@ -24,7 +24,7 @@ from supernet.optim import distillation_loss, param_groups, warmup_cosine
 __all__ = ["FinetuneConfig", "FinetuneReport", "finetune", "finetune_steps"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FinetuneConfig:
     epochs: int = 0
     lr: float = 5e-4  # peak AdamW learning rate; a quarter of supernet training's default

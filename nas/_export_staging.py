@@ -25,11 +25,25 @@ def _occupied(out: Path) -> bool:
 
 
 def check_out(out: Path, force: bool) -> None:
-    """A one-line error unless ``out`` may receive an export (absent, empty, or ``force``)."""
+    """A one-line error unless ``out`` may receive an export (absent, empty, or ``force``) and the
+    folder it goes into can be written: checked before any work."""
     if out.exists() and not out.is_dir():
         raise EfnasError(f"--out {out} is a file; give a folder path")
     if _occupied(out) and not force:
         raise EfnasError(f"--out {out} already exists; pass --force to replace it, or choose another folder")
+    _check_writable(out.absolute())
+
+
+def _check_writable(out: Path) -> None:
+    """The nearest existing ancestor of ``out`` must be a folder this process may create entries in
+    (the export is staged next to ``out`` and parent folders are made as needed)."""
+    ancestor = out.parent
+    while not ancestor.exists() and not ancestor.is_symlink():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise EfnasError(f"cannot write the export to {out}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise EfnasError(f"cannot write the export to {out}: Permission denied ({ancestor})")
 
 
 def path_size(path: Path) -> int:

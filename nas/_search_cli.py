@@ -11,11 +11,13 @@ import optuna
 from rich.table import Table
 
 from nas.batch import EXAMPLE_FILE, load_batch, run_batch, summary_table
-from nas.budget import BudgetRequest, budget_requests
-from nas.results import results_table
+from nas.budget import BudgetRequest, budget_requests, parse_milliseconds
+from nas._storage import safe_url
+from nas.results import closest_to_budget, results_table
 from nas.study import DEFAULT_TRIALS, STRATEGIES, SearchConfig, SearchResult, run_search
 from supernet.cli import DocFormatter
 from supernet.cliconfig import ConfigFlags, Custom, Flag
+from supernet.errors import ConfigError
 from supernet.io import console
 
 __all__ = ["SEARCH_FLAGS", "print_result", "register_batch", "register_search"]
@@ -39,7 +41,12 @@ own predicted latency on that table.
 The study lives in --storage (default: OUT/study.db, SQLite). Rerunning the same command continues
 it: completed trials are kept, trials of a killed run are retried. Any number of workers on any
 machines may run the same command against one PostgreSQL storage (postgresql://user@host/db) and
-share the work. Watch a study with optuna-dashboard STORAGE.
+share the work; give the password through ~/.pgpass or PGPASSFILE, not in the URL (a password in
+the URL is masked as *** in everything the search prints or writes). Watch a study with
+optuna-dashboard STORAGE.
+
+Exit status: 0 with a feasible architecture, 1 when the search ended without one (the closest
+trial and its excess over the budget are printed), 2 for bad input.
 
 Writes OUT/best.json (the best feasible architecture: `efnas export` reads it), OUT/trials.csv and
 OUT/pareto.png, and prints the best architectures beside the presets.
@@ -69,9 +76,9 @@ class _BudgetAction(argparse.Action):
 
 def _milliseconds(text: str) -> float:
     try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected milliseconds as a number, got {text!r}") from None
+        return parse_milliseconds(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.problem) from None
 
 
 def _add_budget_flags(parser: argparse.ArgumentParser) -> None:
@@ -111,6 +118,7 @@ SEARCH_FLAGS = ConfigFlags(SearchConfig, {
     "val_subset": Flag("score on this many validation images (a fixed, seeded subset; default: all)"),
     "eval_seed": Flag("seed of the calibration batches and the validation subset (default: %(default)s)"),
     "population": Flag("NSGA-II population size (default: %(default)s)"),
+    "startup_trials": Flag("TPE: random trials before it models the results (Optuna's n_startup_trials; default: a quarter of --trials, 3 to 10)"),
     "device": Flag("where to evaluate (default: %(default)s)", choices=("cpu", "cuda", "auto")),
     "threads": Flag("intra-op CPU threads (default: torch's choice)"),
     "top": Flag("rows of the results table (default: %(default)s)"),
@@ -131,11 +139,15 @@ def register_search(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_search)
 
 
+NOT_FOUND_EXIT = 1  # the search ran but no architecture is under the budget (2: the input was bad)
+
+
 def _run_search(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(logging.WARNING)
     config, _ = SEARCH_FLAGS.from_args(args)
-    print_result(run_search(config, show_progress=not args.no_progress), top=config.top)
-    return 0
+    result = run_search(config, show_progress=not args.no_progress)
+    print_result(result, top=config.top)
+    return 0 if result.best is not None else NOT_FOUND_EXIT
 
 
 def print_result(result: SearchResult, top: int = 10) -> None:
@@ -156,8 +168,9 @@ def print_result(result: SearchResult, top: int = 10) -> None:
     for note in result.notes:
         console.print(f"[yellow]{note}[/]")
     if result.best is None:
-        console.print("[red]no feasible architecture found yet[/]: run more trials, or raise the budget")
-    console.print(f"storage: {result.storage} (study '{result.study}')")
+        console.print(f"[red]no feasible architecture[/]: {closest_to_budget(result.records, result.limits)}; "
+                      "run more trials (--trials) or raise the budget; no best.json written", soft_wrap=True)
+    console.print(f"storage: {safe_url(result.storage)} (study '{result.study}')", soft_wrap=True)
     for path in result.files:
         console.print(f"wrote {path}")
 
@@ -169,7 +182,8 @@ Run several searches described in one TOML file: shared settings in [defaults], 
 table per search (name, lut, budget, strategy, trials, seed, and any other `efnas search`
 setting). Each search writes into OUT/NAME/ (OUT is the file's `out`, default runs/FILE-NAME).
 Finished searches are skipped, partial ones resumed, so running a batch again only does what is
-left. Ends with a summary table (also OUT/summary.json and OUT/summary.csv): each search's budget,
+left. Every search's settings and budgets are checked before the first one runs. Exit status 1
+when a search found no feasible architecture (its status is "not found"). Ends with a summary table (also OUT/summary.json and OUT/summary.csv): each search's budget,
 best accuracy and latency and, for preset budgets, the preset's own accuracy and latency.
 
 A budget is a preset name (budget = "L1") or milliseconds (budget = 2.5); lut and budget may be
@@ -204,5 +218,9 @@ def _run_batch(args: argparse.Namespace) -> int:
     batch = load_batch(args.file)
     rows = run_batch(batch, only=args.only, show_progress=not args.no_progress)
     console.print(summary_table(rows, title=f"Batch {args.file}"))
-    console.print(f"wrote {batch.out / 'summary.json'} and {batch.out / 'summary.csv'}")
+    console.print(f"wrote {batch.out / 'summary.json'} and {batch.out / 'summary.csv'}", soft_wrap=True)
+    missing = [row.name for row in rows if row.status == "not found"]
+    if missing:
+        console.print(f"[red]not found[/]: no feasible architecture in {', '.join(missing)}; raise the budget or run more trials", soft_wrap=True)
+        return NOT_FOUND_EXIT
     return 0

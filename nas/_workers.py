@@ -1,5 +1,11 @@
-"""Many processes on one study: who they are, which of them is alive, which one evaluates an
-architecture that several drew at once, and what happens to the trials of one that died."""
+"""Many processes on one study: who they are, which of them is alive, whether there is room for
+another evaluation, which one evaluates an architecture that several drew at once, and what
+happens to the trials of one that died.
+
+Every decision that two workers could make at once (start a trial while ``--trials`` has room;
+evaluate an architecture or wait for the worker that evaluates it) is made under the study's
+:class:`nas._storage.StudyLock`, held for milliseconds, never during an evaluation. So the number
+of evaluations is exact and no architecture is evaluated twice, however many workers run."""
 
 from __future__ import annotations
 
@@ -13,12 +19,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from nas._storage import insert_study_system_attr
+from nas._storage import StudyLock, insert_study_system_attr
 
 __all__ = ["Worker"]
 
 _POLL_S = 0.2  # while waiting for another worker's trial
-_REAP_EVERY_S = 5.0
+# Same-host deaths are seen through /proc, which costs microseconds; the study is read anyway on
+# every poll. So a dead worker's trial is retried within about a second.
+_REAP_EVERY_S = 1.0
 _JOINED = "efnas:worker:"  # study system attribute per worker that joined, suffixed by its index
 
 
@@ -56,6 +64,7 @@ class Worker:
         self.study_id = storage.get_study_id_from_name(study.study_name)
         self.identity = _this_process()  # written on each trial, for reaping
         self.index = index  # 0 for the first worker that joined the study, then 1, 2, ...
+        self.lock = StudyLock(storage, storage.url, self.study_id)
         self._last_reap = 0.0
 
     @classmethod
@@ -78,31 +87,50 @@ class Worker:
     def claim(self, trial: optuna.Trial, key: str) -> FrozenTrial | None:
         """A complete trial of architecture ``key`` to reuse, or None: this trial evaluates it.
 
-        Every trial writes its ``arch`` before it reads the others, so of two concurrent trials of
-        one architecture the later reader sees the earlier one. A trial that sees a lower-numbered
-        one waits (``role`` = wait). A trial that sees only higher-numbered ones evaluates once all of
-        them have decided to wait, and waits if one of them decided to evaluate (it read too early to
-        see this one). So exactly one of them evaluates; the others reuse its score, or take over if
-        its process dies.
+        Called with the study lock held (the caller took it before the trial was created); the
+        lock is released before returning and while waiting. Under the lock the decision is
+        simple: reuse a complete trial of the architecture; else wait while another RUNNING trial
+        evaluates it (``role`` = wait); else evaluate it (``role`` = evaluate). A waiter whose
+        evaluator dies (reaped: FAIL) takes over on its next look.
         """
         role = None
         while True:
+            self.lock.acquire()
             others = [
                 t for t in self.trials((TrialState.RUNNING, TrialState.COMPLETE))
                 if t.number != trial.number and t.user_attrs.get("arch") == key
             ]
             done = [t for t in others if t.state == TrialState.COMPLETE and "accuracy" in t.user_attrs]
             if done:
+                self.lock.release()
                 return done[0]
-            lower = [t for t in others if t.number < trial.number]
-            higher = [t for t in others if t.number > trial.number]
-            if not lower and all(t.user_attrs.get("role") == "wait" for t in higher):
+            if not any(t.state == TrialState.RUNNING and t.user_attrs.get("role") == "evaluate" for t in others):
                 trial.set_user_attr("role", "evaluate")
+                self.lock.release()
                 return None
-            if (lower or any(t.user_attrs.get("role") == "evaluate" for t in higher)) and role != "wait":
+            if role != "wait":
                 role = "wait"
                 trial.set_user_attr("role", role)
+            self.lock.release()
             self.wait()
+
+    def set_trial_system_attr(self, trial: optuna.Trial, key: str, value: Any) -> None:
+        """A system attribute of a running trial (Optuna 5's Trial has no public setter for them)."""
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        self.storage.set_trial_system_attr(trial_id, key, value)
+
+    def room(self, target: int) -> bool:
+        """Whether one more trial may start without more than ``target`` evaluations study-wide:
+        the evaluated architectures plus those being evaluated or waited for are fewer than
+        ``target``, or a retry of a dead worker's architecture is queued (its slot is its own).
+        Meant to be asked with the study lock held, so that two workers cannot both take the last slot."""
+        trials = self.trials()
+        if any(t.state == TrialState.WAITING for t in trials):
+            return True
+        evaluated = {t.user_attrs.get("arch") for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("evaluated")}
+        busy = {t.user_attrs.get("arch") for t in trials
+                if t.state == TrialState.RUNNING and t.user_attrs.get("role") in ("evaluate", "wait")}
+        return len(evaluated) + len(busy - evaluated) < target
 
     def wait(self) -> None:
         """Let other workers progress for a moment (and notice if one of them died)."""
@@ -118,6 +146,10 @@ class Worker:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(self.study)  # other hosts: by heartbeat
+        with self.lock.holding():  # two workers reaping at once must not queue one retry each
+            self._fail_and_retry()
+
+    def _fail_and_retry(self) -> None:
         for t in self.trials((TrialState.RUNNING,)):
             if self._died_here(t.user_attrs.get("worker")):
                 trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, t.number)
@@ -128,6 +160,11 @@ class Worker:
         trials = self.trials()
         pending = {t.user_attrs.get("arch") for t in trials if t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)}
         retried = {t.user_attrs.get("retry_of") for t in trials}
+        # Not Optuna's RetryHeartbeatStaleTrialCallback (formerly RetryFailedTrialCallback): that
+        # one retries only trials failed by a stale heartbeat (other hosts, after 60 s), retries an
+        # architecture that another trial has meanwhile scored or queued, and copies every user
+        # attribute, the dead worker's identity and role included. Here a death on this host is
+        # seen at once, and a retry carries only the architecture (and the slimming's note).
         for t in trials:
             key = t.user_attrs.get("arch")
             if t.state == TrialState.FAIL and key and key not in pending and t.number not in retried:

@@ -12,7 +12,6 @@ import csv
 import dataclasses
 import io
 import re
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +19,13 @@ from typing import Any
 
 from rich.table import Table
 
-from nas.budget import budget_requests, parse_budget
+from nas._storage import masked_provenance
+from nas.budget import budget_items, budget_requests, resolve_budgets
 from nas.evaluator import Evaluator
 from nas.study import SearchConfig, SearchResult, load_evaluator, run_search
+from supernet.checkpoint import load_checkpoint
 from supernet.cliconfig import check_type
-from supernet.errors import ConfigError, EfnasError, read_user_file
+from supernet.errors import ConfigError, EfnasError, read_user_data
 from supernet.io import atomic_write_json, atomic_write_text, console, provenance
 
 __all__ = ["EXAMPLE_FILE", "Batch", "BatchEntry", "BatchRow", "load_batch", "run_batch", "summary_table"]
@@ -49,8 +50,10 @@ budget = [2.0, 1.6]           # pairs up with lut in order
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # Every field of SearchConfig is a key, except those the batch sets itself (out, from the file's
-# out and the search's name) and budgets, which a batch file writes as lut and budget.
-_BUDGET_KEYS = {"lut": "a file name or a list of them", "budget": "a preset name, milliseconds, or a list of them"}
+# out and the search's name) and budgets, which a batch file writes as lut and budget (read by
+# nas.budget, as the command line's --lut/--budget are). Types come from SearchConfig's fields
+# (check_type), bounds from SearchConfig itself: nothing of its schema is repeated here.
+_BUDGET_KEYS = ("lut", "budget")
 _SETTINGS = sorted({f.name for f in dataclasses.fields(SearchConfig)} - {"budgets", "out", "study"} | set(_BUDGET_KEYS))
 _SEARCH_ONLY = ["name", "study"]
 _TOP_LEVEL = ("out", "defaults", "search")
@@ -60,6 +63,7 @@ _TOP_LEVEL = ("out", "defaults", "search")
 class BatchEntry:
     name: str
     config: SearchConfig
+    where: str = ""  # how errors name the entry: "FILE: [[search]] #2 ('l1')"
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,7 @@ class BatchRow:
     name: str
     strategy: str
     budget: str
-    status: str  # "done", or "partial" (the trial budget ran out, or another worker is still at it)
+    status: str  # "done"; "partial" (the trial budget ran out, or another worker is still at it); "not found" (no feasible architecture)
     evaluated: int
     added: int
     best_label: str | None
@@ -94,24 +98,10 @@ class BatchRow:
 def _check_value(key: str, value: Any) -> None:
     """Raise :class:`ConfigError` unless ``value`` fits ``key``: SearchConfig's type for its fields
     (its bounds SearchConfig checks itself), a table or a budget, or a list of them, for lut and budget."""
-    if key not in _BUDGET_KEYS:
+    if key in _BUDGET_KEYS:
+        budget_items(key, value)
+    else:
         check_type(SearchConfig, "study" if key == "name" else key, value)
-        return
-    items = value if isinstance(value, list) else [value]
-    if not items or not all(_valid_item(key, item) for item in items):
-        raise ConfigError(key, f"must be {_BUDGET_KEYS[key]}, got {value!r}")
-
-
-def _valid_item(key: str, item: Any) -> bool:
-    if not isinstance(item, (str, int, float)) or item == "":
-        return False
-    if key == "lut":
-        return isinstance(item, str)
-    try:
-        parse_budget(item)
-    except EfnasError:
-        return False
-    return True
 
 
 def _check_table(where: str, table: Any, allowed: list[str]) -> dict[str, Any]:
@@ -127,21 +117,11 @@ def _check_table(where: str, table: Any, allowed: list[str]) -> dict[str, Any]:
     return table
 
 
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list) else [value]
-
-
 def load_batch(path: str | Path) -> Batch:
     """Read and validate a batch file; every problem is a one-line :class:`EfnasError` naming the
     table and the key."""
     path = Path(path)
-    text = read_user_file(path, "batch file")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise EfnasError(f"batch file {path} is not valid TOML: {exc}") from None
+    data = read_user_data(path, "batch file", format="toml")
     unknown = sorted(set(data) - set(_TOP_LEVEL))
     if unknown:
         raise EfnasError(f"{path}: unknown top-level key '{unknown[0]}'; known keys are out, [defaults] and [[search]]")
@@ -168,7 +148,7 @@ def load_batch(path: str | Path) -> Batch:
         settings = {**defaults, **table}
         if "budget" not in settings:
             raise EfnasError(f"{where}: missing key 'budget' (a preset name like \"L1\" or milliseconds), here or in [defaults]")
-        entries.append(BatchEntry(name, _search_config(where, settings, Path(out) / name)))
+        entries.append(BatchEntry(name, _search_config(where, settings, Path(out) / name), where))
     return Batch(path, Path(out), tuple(entries))
 
 
@@ -177,7 +157,7 @@ def _search_config(where: str, settings: dict[str, Any], out: Path) -> SearchCon
     settings = dict(settings)
     name = settings.pop("name")
     try:
-        requests = budget_requests(_as_list(settings.pop("lut", None)), _as_list(settings.pop("budget")))
+        requests = budget_requests(settings.pop("lut", None), settings.pop("budget"))
         return SearchConfig(budgets=requests, out=str(out), study=settings.pop("study", name), **settings)
     except ConfigError as exc:
         raise EfnasError(f"{where}: key '{exc.field}' {exc.problem}") from None
@@ -197,7 +177,7 @@ def _row(name: str, result: SearchResult) -> BatchRow:
         name=name,
         strategy=result.strategy,
         budget=budget,
-        status="done" if result.finished else "partial",
+        status="not found" if best is None else "done" if result.finished else "partial",
         evaluated=result.evaluated,
         added=result.added,
         best_label=best.spec.label() if best and best.spec else None,
@@ -224,16 +204,38 @@ def run_batch(batch: Batch, *, only: Sequence[str] | None = None, show_progress:
     # other's scores: a sweep of budgets evaluates an architecture once.
     evaluators: dict[tuple[Any, ...], Evaluator] = {}
     for entry in entries:
-        if show_progress:
-            console.rule(f"{entry.name}: {entry.config.strategy}")
         c = entry.config
         key = (str(Path(c.supernet).resolve()), c.eval_config, c.data, c.device)
         if key not in evaluators:
-            evaluators[key] = load_evaluator(c)
-        rows.append(_row(entry.name, run_search(c, evaluator=evaluators[key], show_progress=show_progress)))
-    atomic_write_json(batch.out / "summary.json", {"batch": str(batch.path), "searches": [r.to_dict() for r in rows], "provenance": provenance()})
+            evaluators[key] = _named(entry, load_evaluator, c)
+    _check_budgets(batch.entries, {k[0]: e.info.space for k, e in evaluators.items()})
+    for entry in entries:
+        if show_progress:
+            console.rule(f"{entry.name}: {entry.config.strategy}")
+        c = entry.config
+        evaluator = evaluators[(str(Path(c.supernet).resolve()), c.eval_config, c.data, c.device)]
+        rows.append(_row(entry.name, run_search(c, evaluator=evaluator, show_progress=show_progress)))
+    atomic_write_json(batch.out / "summary.json", {"batch": str(batch.path), "searches": [r.to_dict() for r in rows], "provenance": masked_provenance(provenance())})
     atomic_write_text(batch.out / "summary.csv", _summary_csv(rows))
     return rows
+
+
+def _named(entry: BatchEntry, function: Any, *args: Any) -> Any:
+    """``function(*args)``, its one-line error prefixed with the entry it is about."""
+    try:
+        return function(*args)
+    except EfnasError as exc:
+        raise EfnasError(f"{entry.where or entry.name}: {exc}") from None
+
+
+def _check_budgets(entries: Sequence[BatchEntry], spaces: dict[str, Any]) -> None:
+    """Every entry's budgets resolved (tables load, presets exist, limits reachable) before the
+    first search runs: a typo in the last entry must not surface after hours of the others."""
+    for entry in entries:
+        supernet = str(Path(entry.config.supernet).resolve())
+        if supernet not in spaces:
+            spaces[supernet] = _named(entry, lambda path: load_checkpoint(path)["space"], entry.config.supernet)
+        _named(entry, resolve_budgets, spaces[supernet], entry.config.budgets)
 
 
 def _summary_csv(rows: Sequence[BatchRow]) -> str:

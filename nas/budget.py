@@ -8,6 +8,7 @@ an impossible budget fails at once with the minimum it would need.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,11 @@ from latency_lut import LatencyTable, fastest_subnet, load_lut, shipped_lut
 from supernet.errors import ConfigError, EfnasError
 from supernet.space import ArchSpec, SearchSpace
 
-__all__ = ["Budget", "BudgetRequest", "budget_requests", "parse_budget", "resolve_budgets"]
+__all__ = ["Budget", "BudgetRequest", "budget_items", "budget_requests", "parse_budget", "parse_milliseconds", "resolve_budgets"]
+
+# The one reader of budgets as users write them: the search's flags, batch files and the demo all
+# come through parse_budget / budget_requests.
+_ITEMS = {"lut": "a file name or a list of them", "budget": "a preset name, milliseconds (a positive number), or a list of them"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,8 @@ class BudgetRequest:
     ms: float | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.lut, os.PathLike):
+            object.__setattr__(self, "lut", os.fspath(self.lut))
         if (self.preset is None) == (self.ms is None):
             raise EfnasError("a budget is either a preset name (--budget L1) or milliseconds (--budget-ms 2.5), exactly one of them")
         if self.ms is not None and (not math.isfinite(self.ms) or self.ms <= 0):
@@ -78,12 +85,36 @@ class Budget:
         }
 
 
-def budget_requests(luts: Sequence[str], budgets: Sequence[str | float]) -> tuple[BudgetRequest, ...]:
-    """Pair tables with budgets in order (each one read by :func:`parse_budget`).
+def budget_items(key: str, value: Any) -> list[Any]:
+    """The items of a ``lut`` or ``budget`` setting as a file writes it (one value or a list;
+    None: none), each checked; a :class:`ConfigError` of field ``key`` otherwise."""
+    if value is None:
+        return []
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if not _valid_item(key, item):
+            raise ConfigError(key, f"must be {_ITEMS[key]}, got {value!r}")
+    return items
+
+
+def _valid_item(key: str, item: Any) -> bool:
+    if key == "lut":
+        return isinstance(item, os.PathLike) or (isinstance(item, str) and item != "")
+    try:
+        parse_budget(item)
+    except ConfigError:
+        return False
+    return True
+
+
+def budget_requests(luts: Any, budgets: Any) -> tuple[BudgetRequest, ...]:
+    """Pair tables with budgets in order (each one read by :func:`parse_budget`); either may be
+    one value or a sequence (see :func:`budget_items`).
 
     No table: one budget on the table shipped for the space. One budget and several tables: that
     budget on each of them. Otherwise one budget per table.
     """
+    luts, budgets = budget_items("lut", luts), budget_items("budget", budgets)
     if not budgets:
         raise EfnasError("give a latency budget: a preset name (--budget L1) or milliseconds (--budget-ms 2.5)")
     if not luts:
@@ -96,20 +127,35 @@ def budget_requests(luts: Sequence[str], budgets: Sequence[str | float]) -> tupl
         tables = list(luts)
     else:
         raise EfnasError(f"{len(luts)} latency tables but {len(budgets)} budgets: give one budget per table (they pair up in order), or one for all")
-    return tuple(parse_budget(budget, lut=table) for table, budget in zip(tables, budgets))
+    return tuple(parse_budget(budget, lut=None if table is None else os.fspath(table)) for table, budget in zip(tables, budgets))
 
 
 def parse_budget(value: str | float, *, lut: str | None = None) -> BudgetRequest:
     """A budget as the user wrote it: a number, or text that reads as one, is milliseconds; any
-    other text is a preset name (that preset's own predicted latency on the table)."""
+    other text is a preset name (that preset's own predicted latency on the table). A
+    :class:`ConfigError` of field ``budget`` for anything else."""
     if isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
+            if not value.strip():
+                raise ConfigError("budget", "must be a preset name or milliseconds, got an empty string") from None
             return BudgetRequest(lut=lut, preset=value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError("budget", f"must be a preset name or milliseconds, got {value!r}")
-    return BudgetRequest(lut=lut, ms=float(value))
+    return BudgetRequest(lut=lut, ms=parse_milliseconds(value))
+
+
+def parse_milliseconds(value: str | float) -> float:
+    """A latency limit in milliseconds: a finite number above 0 (``--budget-ms``, a batch file's
+    number); a :class:`ConfigError` of field ``budget`` otherwise."""
+    try:
+        ms = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError("budget", f"must be milliseconds as a number, got {value!r}") from None
+    if not math.isfinite(ms) or ms <= 0:
+        raise ConfigError("budget", f"must be a positive number of milliseconds, got {value!r}")
+    return ms
 
 
 def _lut_names(paths: Sequence[Path]) -> list[str]:

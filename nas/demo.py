@@ -1,7 +1,7 @@
 """The whole pipeline in one command, on the embedded data: ``efnas demo``.
 
-Train the tiny space's supernet (skipped when a finished one is already in the run folder), take
-the shipped latency table of that space on this CPU (or measure one with ``--measure``), search
+Train the tiny space's supernet (skipped when a finished one is already in the run folder), adapt
+the shipped latency table of that space to this CPU (or measure one, or take it as shipped), search
 under a budget with TPE and with the paper's slimming, export the better winner in every format,
 and end with one summary. Each step first prints the ``efnas`` command that does the same by hand.
 """
@@ -17,7 +17,18 @@ from typing import Any
 from rich.panel import Panel
 from rich.table import Table
 
-from latency_lut import BuildConfig, build_lut, load_lut, predict_ms, shipped_lut
+from latency_lut import (
+    BuildConfig,
+    LatencyTable,
+    build_lut,
+    check_staleness,
+    load_lut,
+    predict_ms,
+    quality_warning,
+    recalibrate_here,
+    shipped_lut,
+    staleness_warning,
+)
 from latency_lut.cli import build_flags
 from nas._export_cli import EXPORT_FLAGS
 from nas._search_cli import SEARCH_FLAGS
@@ -32,7 +43,9 @@ from supernet.io import console
 from supernet.space import SearchSpace
 from supernet.train import TrainConfig, train
 
-__all__ = ["DemoConfig", "DemoResult", "DemoStep", "run_demo"]
+__all__ = ["TABLE_CHOICES", "DemoConfig", "DemoResult", "DemoStep", "run_demo"]
+
+TABLE_CHOICES = ("recalibrate", "measure", "shipped")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,13 +62,18 @@ class DemoConfig:
     budget: str = "L1"  # a preset of the space (its predicted latency) or a number of milliseconds
     trials: int = 40  # architectures evaluated by the TPE search (the slimming runs to its end)
     val_subset: int | None = 2000  # validation images that score an architecture during the search
-    measure: bool = False  # measure a latency table here instead of using the shipped one
+    # The shipped table was timed on another machine: blocks priced there rank networks the same
+    # way here, but the totals can be off by 20-60% (issue 12), so by default the demo re-times the
+    # table's calibration networks here (seconds) and searches with that.
+    table: str = "recalibrate"  # recalibrate | measure (a whole table here) | shipped (as it is)
     seed: int = 0
     threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.trials < 1:
             raise ConfigError("trials", f"must be at least 1, got {self.trials}")
+        if self.table not in TABLE_CHOICES:
+            raise ConfigError("table", f"must be one of {', '.join(TABLE_CHOICES)}, got {self.table!r}")
         parse_budget(self.budget)  # raises on a malformed budget before anything is trained
 
 
@@ -115,20 +133,47 @@ def _train_step(config: DemoConfig, steps: list[DemoStep], show_progress: bool) 
 
 
 def _lut_step(config: DemoConfig, space: SearchSpace, steps: list[DemoStep]) -> Path:
-    if config.measure:
+    if config.table == "measure":
         lut_path = Path(config.out) / f"{space.name}_lut.json"
         build = BuildConfig()
         _step(steps, "2/4 measure a latency table on this machine", ["lut", "build", "--space", config.space, "--out", str(lut_path)],
               build_flags(), build)
         build_lut(space, lut_path, build, space_arg=config.space)
         return lut_path
-    lut_path = shipped_lut(space)
-    if lut_path is None:
-        raise EfnasError(f"no latency table is shipped for space '{space.name}'; run the demo with --measure to build one here")
-    _step(steps, "2/4 use the shipped latency table", ["lut", "show", str(lut_path)])
+    shipped = shipped_lut(space)
+    if shipped is None:
+        raise EfnasError(f"no latency table is shipped for space '{space.name}'; run the demo with --table measure to build one here")
+    if config.table == "shipped":
+        _step(steps, "2/4 use the shipped latency table", ["lut", "show", str(shipped)])
+        lut_path = Path(shipped)
+    else:
+        lut_path = Path(config.out) / f"{space.name}_lut_here.json"
+        _step(steps, "2/4 adapt the shipped latency table to this machine",
+              ["lut", "recalibrate", str(shipped), "--out", str(lut_path)])
+        if lut_path.exists():
+            # The searches of an earlier run are priced with this file: re-timing it would change the
+            # budget under them. It is checked against this machine instead.
+            console.print(f"reusing {lut_path} (delete it to re-time the table here)")
+        else:
+            recalibrate_here(load_lut(shipped), lut_path, show_progress=False)
     lut = load_lut(lut_path)
-    console.print(f"{lut_path.name}: measured on {lut.meta.get('device')} with {lut.meta.get('backend')}, {lut.meta.get('threads')} thread(s)")
-    return Path(lut_path)
+    console.print(f"{lut_path.name}: {lut.meta.get('backend')}, {lut.meta.get('threads')} thread(s), calibrated on {lut.meta.get('device')}")
+    for warning in _table_warnings(config, lut):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    return lut_path
+
+
+def _table_warnings(config: DemoConfig, lut: LatencyTable) -> list[str]:
+    """The table's own quality, and whether it describes this machine (the demo's own copy is
+    re-timed by deleting it, not by the command the table would suggest)."""
+    warnings = [quality_warning(lut)]
+    if config.table == "shipped":
+        warnings.append(staleness_warning(lut))
+    elif config.table == "recalibrate" and (stale := check_staleness(lut)) is not None and stale.stale:
+        change = "" if stale.change_percent is None else f" ({stale.change_percent:+.0f}% here)"
+        warnings.append(f"{lut.path} was timed on another machine or under other load{change}; "
+                        "delete it and run the demo again to re-time it")
+    return [w for w in warnings if w]
 
 
 def _search_steps(config: DemoConfig, checkpoint: Path, lut_path: Path, steps: list[DemoStep], show_progress: bool) -> dict[str, SearchResult]:

@@ -10,9 +10,11 @@ it, then write every requested format and check each against the PyTorch model. 
 written into a hidden folder next to ``out`` that is renamed to ``out`` only when all of it
 succeeded, so an error or a killed run never leaves a half-written export behind.
 
-Output folder: ``model.pt`` (timm-layout state dict), ``model.torchscript.pt``, ``model.onnx``,
-``model.mlpackage``, ``arch.json`` (architecture, preprocessing, class names), ``export.json`` (the
-full record: checks, metrics, latency, provenance) and ``model_card.md``.
+Output folder: ``model.pt`` (timm-layout state dict), ``model.safetensors`` with a hub-style
+``config.json`` (``timm.create_model("local-dir:FOLDER", pretrained=True)`` where timm can build the
+shape), ``model.torchscript.pt``, ``model.onnx``, ``model.mlpackage``, ``arch.json`` (architecture,
+preprocessing in timm's pretrained_cfg form, class names), ``export.json`` (the full record: checks,
+metrics, latency, provenance) and ``model_card.md`` (with Hugging Face front matter).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
+import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +57,11 @@ from nas._export_formats import (
     check_inputs,
     load_strictly,
     metadata_strings,
+    timm_shape,
 )
 from nas._export_staging import check_out, path_size, staging
 from nas._model_card import render_model_card
+from nas._storage import safe_url
 from nas.results import best_feasible_trial
 
 __all__ = [
@@ -72,9 +79,11 @@ __all__ = [
 EXPORT_FORMAT = "efficientformer-nas/export/1"
 # Fields of an architecture that a space fixes: an arch file may leave them out.
 _SPACE_FIXED = ("resolution", "num_classes", "attn_heads", "attn_key_dim")
+# Hugging Face's license identifiers: apache-2.0, mit, cc-by-4.0, other, ...
+_LICENSE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExportConfig:
     """One export. Exactly one of ``arch``, ``preset`` or ``study`` (with ``storage``) names the
     architecture; the defaults write every format after BN recalibration, without fine-tuning."""
@@ -102,6 +111,8 @@ class ExportConfig:
     tolerance: float = 1e-4  # max |Δ| allowed between a written format and PyTorch (fp32)
     device: str = "cpu"  # cpu or cuda: where calibration, fine-tuning and evaluation run
     threads: int | None = None  # torch intra-op threads; None: torch's default
+    author: str | None = None  # on the model card
+    license: str | None = None  # Hugging Face license id (apache-2.0, mit, other, ...): card front matter and config.json
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "formats", tuple(self.formats))
@@ -126,6 +137,10 @@ class ExportConfig:
             raise EfnasError(f"--device must be cpu or cuda, got {self.device!r}")
         if self.threads is not None and self.threads < 1:
             raise EfnasError(f"--threads must be at least 1, got {self.threads}")
+        if self.license is not None and not _LICENSE.fullmatch(self.license):
+            raise EfnasError(f"--license must be a Hugging Face license id such as apache-2.0, mit or other, got {self.license!r}")
+        if self.author is not None and (not self.author.strip() or not self.author.isprintable() or len(self.author) > 200):
+            raise EfnasError(f"--author must be one printable line of at most 200 characters, got {self.author!r}")
         self.eval_config()  # validates the scoring settings
         self.finetune_config()  # validates the fine-tune settings
 
@@ -171,8 +186,12 @@ class ExportRecord:
     config: ExportConfig
     seconds: dict[str, float]
     provenance: dict[str, Any]
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
+        config = dataclasses.asdict(self.config)
+        if config["storage"]:
+            config["storage"] = safe_url(config["storage"])
         return {
             "format": EXPORT_FORMAT,
             "arch": self.spec.to_dict(),
@@ -186,13 +205,16 @@ class ExportRecord:
             "finetune": self.finetune,
             "metrics": self.metrics,
             "preprocessing": self.prep.to_dict(),
+            "pretrained_cfg": self.prep.pretrained_cfg(),
             "class_names": list(self.prep.class_names),
+            "timm": timm_shape(self.spec).to_dict(),
             "formats": {name: {"files": report.files, "checks": report.checks} for name, report in self.formats.items()},
             "files": [item.to_dict() for item in self.files],
             "latency": self.latency,
-            "config": dataclasses.asdict(self.config),
+            "config": config,
             "seconds": self.seconds,
             "provenance": self.provenance,
+            "warnings": list(self.warnings),
         }
 
 
@@ -229,12 +251,22 @@ def _read_arch_file(path: str, space: SearchSpace) -> ArchSpec:
 def _best_trial(study: str, storage: str) -> tuple[ArchSpec, dict[str, Any]]:
     try:
         spec, info = best_feasible_trial(storage, study)
-    except EfnasError:
-        raise
+    except EfnasError as exc:
+        raise EfnasError(_masked(str(exc), storage)) from None
     except Exception as exc:  # noqa: BLE001 - storage backends (SQLAlchemy, drivers) fail in their own ways
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise EfnasError(f"cannot read study '{study}' from storage {storage}: {reason}") from None
-    return spec, {"kind": "study", **{key: info[key] for key in ("study", "storage", "trial", "accuracy", "latency_ms")}}
+        raise EfnasError(_masked(f"cannot read study '{study}' from storage {safe_url(storage)}: {reason}", storage)) from None
+    source = {"kind": "study", **{key: info[key] for key in ("study", "trial", "accuracy", "latency_ms")}}
+    source["storage"] = safe_url(info["storage"])
+    # The tables the search priced with (each budget's): the card's latency comes from them.
+    tables = [{key: budget.get(key) for key in ("lut", "lut_path", "lut_digest", "limit_ms")}
+              for budget in info.get("search", {}).get("budgets", [])]
+    return spec, source | ({"tables": tables} if tables else {})
+
+
+def _masked(text: str, storage: str) -> str:
+    """``text`` with the storage URL's password masked wherever the URL appears in it."""
+    return text.replace(str(storage), safe_url(storage)) if "://" in str(storage) else text
 
 
 def resolve_arch(
@@ -267,19 +299,54 @@ def resolve_arch(
 # -- latency -----------------------------------------------------------------------------------
 
 
-def _load_luts(config: ExportConfig, space: SearchSpace, spec: ArchSpec) -> tuple[list[LatencyTable], bool]:
-    """The tables to predict with, and whether they are the default (shipped) ones."""
+def _load_luts(config: ExportConfig, space: SearchSpace, spec: ArchSpec, source: dict[str, Any]) -> tuple[list[LatencyTable], str, list[str]]:
+    """The tables to predict with, where they come from (``given``, ``study``: the tables the
+    search priced with, or ``shipped``), and notes on study tables that could not be used."""
     if config.luts:
         luts = [load_lut(path) for path in config.luts]
         for lut in luts:
             lut.check_space(space)
             lut.predict_ms(spec)  # a table the user named must price this architecture: fail before any work
-        return luts, False
+        return luts, "given", []
+    luts, notes = _study_luts(source.get("tables", []), space)
+    if luts:
+        return luts, "study", notes
     shipped = shipped_lut(space)
-    return ([load_lut(shipped)] if shipped else []), True
+    return ([load_lut(shipped)] if shipped else []), "shipped", notes
 
 
-def _predictions(luts: list[LatencyTable], spec: ArchSpec) -> list[dict[str, Any]]:
+def _study_luts(tables: list[dict[str, Any]], space: SearchSpace) -> tuple[list[LatencyTable], list[str]]:
+    """The search's own tables, when their files are here and still hold what the search priced with."""
+    luts, notes = [], []
+    for table in tables:
+        path = Path(str(table.get("lut_path")))
+        try:
+            lut = load_lut(path)
+            lut.check_space(space)
+        except EfnasError as exc:
+            notes.append(f"the search's table '{table.get('lut')}' cannot be used here ({exc}); pass it with --lut")
+            continue
+        if table.get("lut_digest") and lut.digest() != table["lut_digest"]:
+            notes.append(f"the search's table '{table.get('lut')}' at {path} changed since the search (digest "
+                         f"{lut.digest()}, searched with {table['lut_digest']}): not used")
+            continue
+        luts.append(lut)
+    return luts, notes
+
+
+def _shipped_note(lut: LatencyTable, spec: ArchSpec, run: Path) -> str:
+    """How to price ``spec`` when the shipped table lacks entries: measure them in a copy in the
+    run folder (latency_lut's fill command never writes into the installed package)."""
+    local = run / Path(str(lut.path)).name
+    missing = lut.missing(spec)
+    return (
+        f"the shipped table {Path(str(lut.path)).name} has no entry for {', '.join(missing[:3])}"
+        f"{f' and {len(missing) - 3} more' if len(missing) > 3 else ''}; measure them in a copy in the run folder: "
+        f"{lut.fill_command(spec, copy_to=local)}, then export with --lut {shlex.quote(str(local))}"
+    )
+
+
+def _predictions(luts: list[LatencyTable], spec: ArchSpec, run: Path, origin: str) -> list[dict[str, Any]]:
     rows = []
     for lut in luts:
         row = {
@@ -293,8 +360,8 @@ def _predictions(luts: list[LatencyTable], spec: ArchSpec) -> list[dict[str, Any
         }
         try:
             row["predicted_ms"] = lut.predict_ms(spec)
-        except EfnasError as exc:  # only a shipped table gets here (given ones were checked up front)
-            row.update(predicted_ms=None, note=str(exc))
+        except EfnasError as exc:  # given tables were checked up front
+            row.update(predicted_ms=None, note=_shipped_note(lut, spec, run) if origin == "shipped" else str(exc))
         rows.append(row)
     return rows
 
@@ -335,12 +402,14 @@ class _Job:
     source: dict[str, Any]
     formats: tuple[str, ...]
     luts: list[LatencyTable]
-    default_luts: bool
+    lut_origin: str  # given, study or shipped
+    lut_notes: list[str]
     scorer: Scorer
     device: torch.device
     seconds: dict[str, float]
     started: float
     tick: float = 0.0
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     def lap(self, key: str) -> None:
         """Record the seconds since the previous lap under ``key``."""
@@ -353,11 +422,12 @@ def _prepare(config: ExportConfig) -> tuple[Supernet, _Job]:
     """Every check that can fail before any expensive work: formats, folder, checkpoint,
     architecture, tables, data and device, each a one-line error."""
     started = time.perf_counter()
-    formats = check_formats(config.formats)
     check_out(Path(config.out), config.force)
+    formats = check_formats(config.formats)
     supernet, info = load_supernet(config.supernet)
+    warnings = _unfinished_warning(info)
     spec, source = resolve_arch(info.space, arch=config.arch, preset=config.preset, study=config.study, storage=config.storage)
-    luts, default_luts = _load_luts(config, info.space, spec)
+    luts, lut_origin, lut_notes = _load_luts(config, info.space, spec, source)
     data = task_data(info, config.data)
     if config.finetune_epochs:
         finetune_steps(data, config.finetune_config())  # fails before any work when there is no full batch
@@ -365,9 +435,19 @@ def _prepare(config: ExportConfig) -> tuple[Supernet, _Job]:
         raise EfnasError("--device cuda asked for, but torch sees no CUDA device here")
     device = torch.device(config.device)
     scorer = Scorer(data, config.eval_config(), device=device)
-    job = _Job(config, info, spec, source, formats, luts, default_luts, scorer, device, {}, started, started)
+    job = _Job(config, info, spec, source, formats, luts, lut_origin, lut_notes, scorer, device, {}, started, started, warnings=warnings)
     job.lap("load")
     return supernet, job
+
+
+def _unfinished_warning(info: CheckpointInfo) -> list[str]:
+    """One line on stderr (and in export.json and the card) for a checkpoint of an unfinished run."""
+    if info.finished:
+        return []
+    line = (f"the supernet {info.path} is from an unfinished training run (step {info.step} of {info.total_steps}); "
+            "the export uses it as it is")
+    print(f"efnas: warning: {line}", file=sys.stderr)
+    return [line]
 
 
 def _extract(supernet: Supernet, job: _Job) -> tuple[EfficientFormer, float]:
@@ -415,10 +495,11 @@ def _write_formats(model: EfficientFormer, folder: Path, settings: WriteSettings
 def _latency(model: EfficientFormer, job: _Job, progress: Progress) -> dict[str, Any]:
     rounds = job.config.latency_rounds
     task = progress.add_task("measuring latency (onnxruntime, 1 thread)", total=1, visible=bool(rounds))
-    latency = _measure(model, rounds, job.config.seed, _predictions(job.luts, job.spec))
+    run = Path(job.info.path).parent
+    latency = _measure(model, rounds, job.config.seed, _predictions(job.luts, job.spec, run, job.lut_origin))
     progress.advance(task)
     job.lap("latency")
-    return latency | {"default_tables": job.default_luts}
+    return latency | {"default_tables": job.lut_origin == "shipped", "tables_from": job.lut_origin, "notes": job.lut_notes}
 
 
 def _sha256(path: Path) -> str:
@@ -463,6 +544,24 @@ def _write_description(folder: Path, record: ExportRecord) -> dict[str, Any]:
     return as_dict
 
 
+def _format_files(folder: Path, formats: tuple[str, ...], reports: dict[str, FormatReport]) -> tuple[ExportedFile, ...]:
+    """One entry per written file; a format's first file carries its check (config.json describes
+    model.safetensors)."""
+    files = []
+    for name in formats:
+        for index, file in enumerate(reports[name].files):
+            check = reports[name].summary if index == 0 else "hub config: timm's architecture, model_args, pretrained_cfg, label_names"
+            files.append(ExportedFile(file, path_size(folder / file), check, name))
+    return tuple(files)
+
+
+def _provenance(config: ExportConfig) -> dict[str, Any]:
+    record = provenance(("timm", "safetensors"))
+    if config.storage:  # the command line may carry the storage URL's password
+        record["command"] = _masked(record["command"], config.storage)
+    return record
+
+
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
@@ -481,23 +580,23 @@ def export_subnet(config: ExportConfig, *, show_progress: bool = True) -> Export
         metrics, finetune_record = _score(model, supernet, job, progress)
         del supernet
         model = model.cpu().eval()
-        data = job.scorer.data
-        prep = Preprocessing(spec.resolution, tuple(data.mean), tuple(data.std), tuple(data.class_names))
+        prep = Preprocessing.of(job.scorer.data, spec.resolution)
         settings = WriteSettings(
             Reference.of(model, spec.resolution, config.seed), prep, metadata_strings(spec, prep), config.tolerance,
-            config.seed, config.coreml_precision, config.coreml_input,
+            config.seed, config.coreml_precision, config.coreml_input, config.license,
         )
         reports = _write_formats(model, folder, settings, job, progress)
         latency = _latency(model, job, progress)
         _write_json(folder / "arch.json", {"arch": spec.to_dict(), "label": spec.label(), "preprocessing": prep.to_dict(),
-                                           "class_names": list(prep.class_names)})
-        files = tuple(ExportedFile(FILES[name], path_size(folder / FILES[name]), reports[name].summary, name) for name in job.formats)
+                                           "pretrained_cfg": prep.pretrained_cfg(), "class_names": list(prep.class_names)})
+        files = _format_files(folder, job.formats, reports)
         files += (ExportedFile("arch.json", path_size(folder / "arch.json"),
-                               "architecture, preprocessing and class names; read by supernet.load_arch"),)
+                               "architecture, preprocessing (timm pretrained_cfg) and class names; read by supernet.load_arch"),)
         job.seconds["total"] = round(time.perf_counter() - job.started, 3)
         calibration = {"batches": job.scorer.num_calib_batches, "batch_size": config.batch_size, "seed": config.seed}
         record = ExportRecord(spec, job.source, _supernet_record(job, extraction_delta), _data_record(job), calibration,
-                              finetune_record, metrics, prep, reports, files, latency, config, job.seconds, provenance(("timm",)))
+                              finetune_record, metrics, prep, reports, files, latency, config, job.seconds, _provenance(config),
+                              tuple(job.warnings))
         written = _write_description(folder, record)
     described = (
         ExportedFile("model_card.md", path_size(out / "model_card.md"), "human-readable summary of export.json"),

@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.table import Table
 
-from nas._storage import storage_url
+from nas._storage import safe_url, storage_url
 from supernet.errors import EfnasError
 from supernet.io import atomic_write_bytes
 from supernet.model import count_params
@@ -29,6 +29,7 @@ __all__ = [
     "TrialRecord",
     "best_feasible_trial",
     "best_record",
+    "closest_to_budget",
     "hypervolume",
     "load_records",
     "pareto_front",
@@ -37,6 +38,11 @@ __all__ = [
     "storage_url",
     "trials_csv",
 ]
+
+# Optuna 5 keeps each constraint under its own name; optuna-dashboard reads only the list that
+# the deprecated constraints_func wrote under this key. A search writes both; Optuna then reports
+# the list's entries as constraints "0", "1", ..., which TrialRecord leaves out.
+CONSTRAINTS_LIST = "constraints"
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,7 @@ class TrialRecord:
             spec=spec,
             accuracy=attrs.get("accuracy") if trial.state == TrialState.COMPLETE else None,
             latency_ms=dict(attrs.get("latency_ms", {})),
-            constraints=dict(trial.constraints),
+            constraints={k: v for k, v in trial.constraints.items() if not k.isdigit()} or dict(trial.constraints),
             evaluated=bool(attrs.get("evaluated", False)),
             cached_from=attrs.get("cached_from"),
             retry_of=attrs.get("retry_of"),
@@ -94,7 +100,7 @@ def _load_study(storage: str | Path, study_name: str) -> optuna.Study:
         except Exception:  # noqa: BLE001 - any failure to list only loses the hint
             names = []
         raise EfnasError(
-            f"storage {url} has no study '{study_name}'; its studies are {', '.join(names) or 'none'}"
+            f"storage {safe_url(url)} has no study '{study_name}'; its studies are {', '.join(names) or 'none'}"
         ) from None
 
 
@@ -111,6 +117,22 @@ def best_record(records: Iterable[TrialRecord]) -> TrialRecord | None:
     return max(feasible, key=lambda r: (r.accuracy, -sum(r.latency_ms.values()), -r.number))
 
 
+def closest_to_budget(records: Iterable[TrialRecord], limits: dict[str, float]) -> str:
+    """How near a search without a feasible architecture came: the complete trial whose worst
+    excess over its budgets (relative to the budget) is the smallest."""
+
+    def excess(record: TrialRecord) -> tuple[float, str]:
+        return max(((record.latency_ms[n] - limit) / limit, n) for n, limit in limits.items() if n in record.latency_ms)
+
+    complete = [r for r in records if r.complete and r.spec is not None and any(n in r.latency_ms for n in limits)]
+    if not complete:
+        return "no trial completed"
+    closest = min(complete, key=excess)
+    over, name = excess(closest)
+    return (f"the closest, trial {closest.number} ({closest.spec.label()}), predicts {closest.latency_ms[name]:.4g} ms "
+            f"on {name}, {100 * over:.1f}% over the budget of {limits[name]:.4g} ms")
+
+
 def best_feasible_trial(storage: str | Path, study_name: str) -> tuple[ArchSpec, dict[str, Any]]:
     """The best feasible architecture of a search study and what is known about it.
 
@@ -121,20 +143,25 @@ def best_feasible_trial(storage: str | Path, study_name: str) -> tuple[ArchSpec,
     study = _load_study(storage, study_name)
     best = best_record(TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False))
     if best is None or best.spec is None:
-        raise EfnasError(f"study '{study_name}' in {storage_url(storage)} has no feasible trial yet")
+        raise EfnasError(f"study '{study_name}' in {safe_url(storage_url(storage))} has no feasible trial yet")
     return best.spec, {
         "trial": best.number,
         "accuracy": best.accuracy,
         "latency_ms": best.latency_ms,
         "study": study_name,
-        "storage": storage_url(storage),
+        "storage": safe_url(storage_url(storage)),  # for files and messages: the password masked
         "search": study.user_attrs.get("efnas", {}),
     }
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points (latency, accuracy) that no other point beats on both (lower latency,
-    higher accuracy), sorted by latency."""
+    higher accuracy), sorted by latency.
+
+    Not ``study.best_trials``: that is the front of a study's objectives, which for tpe, random
+    and slimming is accuracy alone (one trial) and for NSGA-II the first table only; the plot
+    draws the front against every table's latency for every strategy. No public hypervolume
+    exists in Optuna 5 (only the private ``optuna._hypervolume``), hence :func:`hypervolume`."""
     order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
     front, best_accuracy = [], -math.inf
     for i in order:

@@ -17,9 +17,11 @@ and its architecture queued again; complete trials are never evaluated again.
 
 from __future__ import annotations
 
+import logging
+import os
 import random
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -32,16 +34,17 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from rich.progress import Progress
 
+from latency_lut import quality_warning, staleness_warning
 from nas._params import params_from_spec, suggest_spec
 from nas._slimming import SlimmingStep, slimming
-from nas._storage import open_storage, storage_url
+from nas._storage import masked_provenance, open_storage, safe_url, storage_url
 from nas._workers import Worker
 from nas.budget import Budget, BudgetRequest, resolve_budgets
 from nas.evaluator import EvalConfig, Evaluator
-from nas.results import TrialRecord, best_record, plot_pareto, trials_csv
+from nas.results import CONSTRAINTS_LIST, TrialRecord, best_record, plot_pareto, trials_csv
 from supernet.checkpoint import CheckpointInfo, load_supernet
 from supernet.errors import ConfigError, EfnasError
-from supernet.io import atomic_write_json, atomic_write_text, progress_bar, provenance, torch_threads
+from supernet.io import atomic_write_json, atomic_write_text, check_output_folder, console, progress_bar, provenance, torch_threads
 from supernet.model import count_macs, count_params
 from supernet.space import ArchSpec
 
@@ -54,7 +57,7 @@ FORMAT = "efficientformer-nas/search/1"
 _MAX_CACHED_IN_A_ROW = 200  # a sampler that only proposes evaluated architectures has exhausted the space
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SearchConfig:
     """One search. The defaults search the run folder of ``efnas train``'s default output."""
 
@@ -72,15 +75,20 @@ class SearchConfig:
     val_subset: int | None = None  # score on this many validation images (seeded); None: all of them
     eval_seed: int = 0  # seed of the calibration batches and the validation subset
     population: int = 20  # NSGA-II population size
+    startup_trials: int | None = None  # TPE's random trials before it models (Optuna's n_startup_trials); None: see below
     device: str = "cpu"  # cpu | cuda | auto
     threads: int | None = None  # intra-op CPU threads
     top: int = 10  # rows of the results table
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "budgets", tuple(self.budgets))
+        for name in ("supernet", "out", "storage", "data"):  # os.PathLike as well as str
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
         if self.strategy not in STRATEGIES:
             raise ConfigError("strategy", f"must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        for name, lowest in (("trials", 1), ("population", 2), ("top", 1), ("threads", 1), ("seed", 0)):
+        for name, lowest in (("trials", 1), ("population", 2), ("top", 1), ("threads", 1), ("seed", 0), ("startup_trials", 1)):
             value = getattr(self, name)
             if value is not None and value < lowest:
                 raise ConfigError(name, f"must be at least {lowest}, got {value}")
@@ -101,7 +109,18 @@ class SearchConfig:
 
     @property
     def eval_config(self) -> EvalConfig:
-        return EvalConfig(self.calib_batches, self.batch_size, self.val_subset, self.eval_seed)
+        return EvalConfig(calib_batches=self.calib_batches, batch_size=self.batch_size, val_subset=self.val_subset, seed=self.eval_seed)
+
+    @property
+    def tpe_startup_trials(self) -> int:
+        """TPE's random start: a quarter of the trials, at least 3 and at most Optuna's default 10.
+
+        Optuna's fixed 10 makes any TPE search of 10 trials or fewer a random search, and one of 20
+        half random; a quarter keeps three quarters of the budget for the model, and 3 is the
+        fewest from which its good/bad split (the best ~10%, at least one) says anything."""
+        if self.startup_trials is not None:
+            return self.startup_trials
+        return min(10, max(3, (self.target_trials or DEFAULT_TRIALS) // 4))
 
     @property
     def target_trials(self) -> int | None:
@@ -136,15 +155,27 @@ class _TrialBudgetSpent(Exception):
     """Raised inside the slimming when --trials architectures have been evaluated."""
 
 
-def _sampler(strategy: str, seed: int, population: int) -> optuna.samplers.BaseSampler:
+def _sampler(config: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if strategy == "tpe":
+        if config.strategy == "tpe":
             # constant_liar: running trials of other workers count as bad, so workers spread out.
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
-        if strategy == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                              n_startup_trials=config.tpe_startup_trials)
+        if config.strategy == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=config.population)
         return optuna.samplers.RandomSampler(seed=seed)
+
+
+@contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Optuna's INFO line per trial off (from the Python API as well as the CLI), restored after."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
 
 
 def _worker_seed(seed: int, worker_index: int) -> int:
@@ -243,12 +274,10 @@ class _Search:
     # -- one trial ------------------------------------------------------------------------------
 
     def objective(self, trial: optuna.Trial, notes: Mapping[str, dict[str, Any]] = MappingProxyType({})) -> float | tuple[float, float]:
-        """Score the trial's architecture; ``notes`` are what the slimming says of the architectures it asked for."""
-        if self.config.strategy != "slimming" and self.target is not None:
-            trials = self.trials()
-            busy = sum(1 for t in trials if t.state == TrialState.RUNNING and t.number != trial.number and "arch" in t.user_attrs)
-            if self.evaluated(trials) + busy >= self.target:
-                raise optuna.TrialPruned("the trial budget is used up by other workers")
+        """Score the trial's architecture; ``notes`` are what the slimming says of the architectures it asked for.
+
+        Entered with the study lock held (see :meth:`step`); :meth:`Worker.claim` releases it once
+        this trial's role is decided, so the evaluation itself runs unlocked."""
         spec = suggest_spec(trial, self.space)
         key = spec.to_json()
         latency = self.latency(spec)
@@ -257,6 +286,9 @@ class _Search:
         trial.set_user_attr("latency_ms", latency)
         for budget in self.budgets:
             trial.set_constraint(budget.constraint, latency[budget.name] - budget.limit_ms)
+        # optuna-dashboard (0.21) reads feasibility from the list under "constraints" (the format
+        # constraints_func writes), not from Optuna 5's per-key attributes: mirror them there.
+        self.worker.set_trial_system_attr(trial, CONSTRAINTS_LIST, [latency[b.name] - b.limit_ms for b in self.budgets])
         if key in notes:
             trial.set_user_attr("note", notes[key])
         done = self.worker.claim(trial, key)
@@ -272,6 +304,16 @@ class _Search:
             return accuracy, latency[self.budgets[0].name]
         return accuracy
 
+    def step(self, objective: Callable[[optuna.Trial], Any]) -> bool:
+        """Run one trial of ``objective`` if ``--trials`` leaves room for it; False (and no trial
+        made) if the evaluations left are all taken by running trials."""
+        self.worker.reap(throttled=True)
+        with self.worker.lock.holding():
+            if self.target is not None and not self.worker.room(self.target):
+                return False
+            self.study.optimize(objective, n_trials=1, callbacks=[self.after_trial], gc_after_trial=False)
+        return True
+
     # -- progress and stopping ------------------------------------------------------------------
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -279,11 +321,21 @@ class _Search:
             self.cached_in_a_row = 0 if trial.user_attrs.get("evaluated") else self.cached_in_a_row + 1
         trials = self.trials()
         self.show(trials)
+        self.record_best(trials)
         if self.target is not None and self.evaluated(trials) >= self.target:
             study.stop()
         if self.cached_in_a_row >= _MAX_CACHED_IN_A_ROW:
             self.exhausted = True
             study.stop()
+
+    def record_best(self, trials: list[FrozenTrial]) -> None:
+        """The best feasible trial as the study's user attribute ``best_feasible``: optuna-dashboard's
+        "Best Trial" of a single-objective study is the highest value, feasible or not."""
+        best = best_record(TrialRecord.from_trial(t) for t in trials if t.state == TrialState.COMPLETE)
+        if best is None or best.spec is None or self.study.user_attrs.get("best_feasible", {}).get("trial") == best.number:
+            return
+        self.study.set_user_attr("best_feasible", {"trial": best.number, "accuracy": best.accuracy, "latency_ms": best.latency_ms,
+                                                   "label": best.spec.label()})
 
     def show(self, trials: list[FrozenTrial], phase: str = "") -> None:
         best = best_record(TrialRecord.from_trial(t) for t in trials if t.state == TrialState.COMPLETE)
@@ -298,8 +350,12 @@ class _Search:
         whether the search is finished, and notes for the person running it."""
         if self.config.strategy == "slimming":
             return self.run_slimming()
-        if self.target is None or self.evaluated(self.trials()) < self.target:
-            self.study.optimize(self.objective, callbacks=[self.after_trial], gc_after_trial=False)
+        assert self.target is not None  # only the slimming runs without a trial budget
+        while not self.exhausted and self.evaluated(self.trials()) < self.target:
+            if not self.step(self.objective):
+                # Other workers hold the last evaluations: wait for them to finish (or die, then
+                # retry theirs) without making trials.
+                self.worker.wait()
         if self.exhausted:
             return [], True, [f"the sampler proposed only evaluated architectures {_MAX_CACHED_IN_A_ROW} times in a row; stopped"]
         return [], self.target is not None and self.evaluated(self.trials()) >= self.target, []
@@ -326,7 +382,9 @@ class _Search:
             if self.target is not None and self.evaluated(trials) >= self.target:
                 raise _TrialBudgetSpent
             with _proposing(self.study, params_from_spec(self.space, wanted[free[0]])):
-                self.study.optimize(partial(self.objective, notes=notes), n_trials=1, callbacks=[self.after_trial], gc_after_trial=False)
+                started = self.step(partial(self.objective, notes=notes))
+            if not started:
+                self.worker.wait()
 
     def run_slimming(self) -> tuple[list[SlimmingStep], bool, list[str]]:
         """The slimming (or this worker's share of it) until it ends or the trial budget is spent."""
@@ -377,6 +435,23 @@ def load_evaluator(config: SearchConfig) -> Evaluator:
     return Evaluator(supernet, info, config.eval_config, data=config.data, device=device)
 
 
+def _warn_if_unfinished(info: CheckpointInfo) -> None:
+    if not info.finished:
+        console.print(
+            f"[yellow]warning:[/] supernet {info.path} is unfinished (step {info.step} of {info.total_steps}): its "
+            "scores rank architectures less reliably; finish it with efnas train --resume", soft_wrap=True)
+
+
+def _warn_about_tables(budgets: list[Budget], config: SearchConfig) -> None:
+    """Repeat what each table knows about its own precision, and whether it was timed on this machine
+    (the budget is in its milliseconds: a table of another machine searches under the wrong limit)."""
+    for budget in budgets:
+        copy = str(Path(config.out) / f"{budget.lut_path.stem}-here.json")
+        for warning in (quality_warning(budget.lut), staleness_warning(budget.lut, copy_to=copy)):
+            if warning:
+                console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+
+
 def _check_evaluator(evaluator: Evaluator, config: SearchConfig) -> None:
     checkpoint = evaluator.info.path.resolve()
     if Path(config.supernet).resolve() not in (checkpoint, checkpoint.parent):
@@ -387,7 +462,7 @@ def _check_evaluator(evaluator: Evaluator, config: SearchConfig) -> None:
 
 def _open_study(config: SearchConfig, storage: optuna.storages.RDBStorage, identity: dict[str, Any]) -> optuna.Study:
     """The study of ``config`` in ``storage``, made if new; refused if it was made with other settings."""
-    url = config.storage_url
+    url = safe_url(config.storage_url)
     directions = ["maximize", "minimize"] if config.strategy == "nsga2" else ["maximize"]
     study = optuna.create_study(storage=storage, study_name=config.study_name, directions=directions, load_if_exists=True)
     stored = study.user_attrs.get("efnas")
@@ -401,6 +476,10 @@ def _open_study(config: SearchConfig, storage: optuna.storages.RDBStorage, ident
             f"study '{config.study_name}' in {url} was made with other settings ({what}); rerun with the "
             "study's settings to continue it, or choose another --study or --out"
         )
+    if study.metric_names != identity["objectives"]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(identity["objectives"])  # the dashboard's and trials_dataframe's column names
     return study
 
 
@@ -412,17 +491,20 @@ def run_search(config: SearchConfig, *, evaluator: Evaluator | None = None, show
     supernet with the same scoring settings may share an ``evaluator`` (see :func:`load_evaluator`),
     and with it the scores it has cached.
     """
-    with torch_threads(config.threads):
+    check_output_folder(config.out)
+    with torch_threads(config.threads), _quiet_optuna():
         if evaluator is None:
             evaluator = load_evaluator(config)
         else:
             _check_evaluator(evaluator, config)
+        _warn_if_unfinished(evaluator.info)
         budgets = resolve_budgets(evaluator.info.space, config.budgets)
+        _warn_about_tables(budgets, config)
         identity = _identity(config, evaluator.info, evaluator.supernet_digest, budgets, evaluator)
         Path(config.out).mkdir(parents=True, exist_ok=True)
         storage = open_storage(config.storage_url)
         worker = Worker.join(_open_study(config, storage, identity), storage)
-        worker.study.sampler = _sampler(config.strategy, _worker_seed(config.seed, worker.index), config.population)
+        worker.study.sampler = _sampler(config, _worker_seed(config.seed, worker.index))
 
         with progress_bar(show=show_progress) as progress:
             search = _Search(config, worker, budgets, evaluator, progress)
@@ -436,7 +518,7 @@ def run_search(config: SearchConfig, *, evaluator: Evaluator | None = None, show
         records = [TrialRecord.from_trial(t) for t in trials]
         result = SearchResult(
             study=config.study_name,
-            storage=config.storage_url,
+            storage=safe_url(config.storage_url),
             out=Path(config.out),
             strategy=config.strategy,
             budgets=[b.to_dict() for b in budgets],
@@ -484,9 +566,9 @@ def _write_results(result: SearchResult, config: SearchConfig, evaluator: Evalua
         "finished": result.finished,
         "evaluator": evaluator.describe(),
         "presets": result.presets,
-        "search": asdict(config),
+        "search": {**asdict(config), "storage": None if config.storage is None else safe_url(config.storage)},
         "slimming_path": result.slimming_path,
         "supernet_digest": identity["supernet"]["digest"],
-        "provenance": provenance(),
+        "provenance": masked_provenance(provenance()),
     })
     result.files.insert(0, best_path)

@@ -8,8 +8,9 @@ plain ``torch.save`` of dicts, tensors and primitives, read back with ``weights_
 
 from __future__ import annotations
 
-import pickle
-import zipfile
+import hashlib
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from supernet.errors import EfnasError
 from supernet.io import atomic_torch_save
 from supernet.space import SearchSpace
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointInfo", "load_checkpoint", "load_supernet", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointInfo", "load_checkpoint", "load_supernet", "read_weights", "save_checkpoint", "weights_digest"]
 
 CHECKPOINT_FORMAT = "efficientformer-nas/supernet/1"
 
@@ -41,8 +42,42 @@ class CheckpointInfo:
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` (see :func:`supernet.train.train`) atomically, tagged with the format."""
-    atomic_torch_save({"format": CHECKPOINT_FORMAT, **payload}, path)
+    """Write ``payload`` (see :func:`supernet.train.train`) atomically, tagged with the format and
+    with a hash of its weights that every load verifies."""
+    atomic_torch_save({"format": CHECKPOINT_FORMAT, **payload, "model_sha256": weights_digest(payload["model"])}, path)
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names, shapes and bytes: a flipped byte anywhere changes it."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state_dict.items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def read_weights(path: Path, *, what: str = "checkpoint", map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; every way it fails is a one-line :class:`EfnasError`
+    (``what`` names the kind of file: "checkpoint", "teacher", ...)."""
+    try:
+        if path.stat().st_size == 0:
+            raise EfnasError(f"{what} {path} is empty (0 bytes: an interrupted copy or download?)")
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols on stderr; the outcome is reported below.
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except EfnasError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every reader error means the same thing to the user
+        text = _ANSI.sub("", str(exc))
+        if "weights only load failed" in text.lower():
+            raise EfnasError(f"{what} {path} is not a plain weights file (refused: it needs code execution to load)") from None
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        reason = lines[0][:160] if lines else type(exc).__name__
+        raise EfnasError(f"{what} {path} is truncated or corrupt ({reason})") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -55,11 +90,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if not candidate.exists():
             raise EfnasError(f"{path} is a folder without a supernet.pt checkpoint")
         path = candidate
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise EfnasError(f"checkpoint {path} is truncated or corrupt ({reason[:160]})") from None
+    payload = read_weights(path, map_location=map_location)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise EfnasError(
             f"{path} is not an efficientformer-nas supernet checkpoint (expected format '{CHECKPOINT_FORMAT}'); "
@@ -68,6 +99,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in ("model", "space", "fingerprint", "step", "total_steps", "config") if k not in payload]
     if missing:
         raise EfnasError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
+    recorded = payload.get("model_sha256")  # absent in checkpoints written before it was recorded
+    if recorded is not None and weights_digest(payload["model"]) != recorded:
+        raise EfnasError(f"checkpoint {path} is corrupt: its weights do not match their recorded SHA-256 "
+                         "(damaged on disk or in a copy); use another copy, or retrain")
     space = SearchSpace.from_dict(payload["space"], source=f"checkpoint {path}")
     if space.fingerprint() != payload["fingerprint"]:
         raise EfnasError(f"checkpoint {path} is corrupt: its space does not match its recorded fingerprint")

@@ -68,7 +68,7 @@ _TRAIN_HELP = {
     "space": "search space: a built-in name (tiny, efficientformer-v1) or a .toml/.json space file",
     "data": "training data: digits-mosaic (embedded default), digits, or imagefolder:PATH with PATH/train/<class>/ and PATH/val/<class>/",
     "out": "run folder; holds supernet.pt (the checkpoint), metrics.jsonl and config.json",
-    "epochs": "training epochs (0 writes the initialised supernet, e.g. after --init-from, without training)",
+    "epochs": "training epochs (0 writes the initialised supernet, e.g. after --init-from, without training, then validates it unless --no-validate)",
     "steps_per_epoch": "cap on the steps of each epoch, for quick trials",
     "batch_size": "images per step and per process",
     "lr": "peak AdamW learning rate, reached after the warm-up, then cosine decay to zero",
@@ -87,6 +87,8 @@ _TRAIN_HELP = {
     "seed": "seed of the initial weights, the data order and the sampled subnets",
     "checkpoint_every": "steps between checkpoints (always one at the end)",
     "eval_every": "steps between validations of the largest and smallest subnets (0: at the end of every epoch)",
+    "skip_validation": "never validate (no BN recalibration, no val top-1 in the checkpoint): the quickest way to a "
+                       "checkpoint, e.g. --epochs 0 --init-from on a large validation set",
     "calib_batches": "training batches used to re-estimate BatchNorm statistics before each validation",
     "workers": "data-loading worker processes (image folders only)",
     "device": "auto (CUDA when available), cpu or cuda; bf16 autocast on CUDA",
@@ -99,8 +101,9 @@ def train_flags() -> ConfigFlags:
     """The flags of ``efnas train``: one per field of :class:`supernet.train.TrainConfig`."""
     from supernet.train import TrainConfig
 
+    spelled = {"skip_validation": "--no-validate"}
     return ConfigFlags(TrainConfig, {
-        field.name: Flag(f"{_TRAIN_HELP[field.name]} (default: %(default)s)", metavar=field.name.upper())
+        field.name: Flag(f"{_TRAIN_HELP[field.name]} (default: %(default)s)", metavar=field.name.upper(), flag=spelled.get(field.name))
         for field in dataclasses.fields(TrainConfig)
     })
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import math
+import os
 import types
 import typing
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -59,10 +61,13 @@ class Custom:
 
 
 def _base(hint: Any) -> tuple[Any, bool]:
-    """The type a field holds without ``None``, and whether it is a homogeneous tuple/list."""
+    """The type a field holds without ``None``, and whether it is a homogeneous tuple/list
+    (``str | os.PathLike[str]``, a path the Python API may give as a Path, reads as ``str``)."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
-        hint = args[0]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in args if typing.get_origin(a) is not os.PathLike and a is not os.PathLike] if str in args else args
+        if len(args) == 1:
+            hint = args[0]
     if typing.get_origin(hint) in (tuple, list):
         return typing.get_args(hint)[0], True
     return hint, False
@@ -94,6 +99,8 @@ def check_type(cls: type, name: str, value: Any) -> None:
             ok = True
         if not ok or (kind is str and not item):
             raise ConfigError(name, f"must be {_WORDS.get(kind, kind.__name__)}, got {value!r}")
+        if isinstance(item, float) and not math.isfinite(item):  # TOML and JSON readers accept nan and inf
+            raise ConfigError(name, f"must be a finite number, got {value!r}")
 
 
 class ConfigFlags(Generic[C]):
@@ -157,8 +164,15 @@ class ConfigFlags(Generic[C]):
             value = spec.read(args) if isinstance(spec, Custom) else getattr(args, name, None) if spec else None
             if value is not None:
                 given[name] = tuple(value) if isinstance(value, list) else value
+                self._check_finite(name, given[name])
         with self.speaking_flags():
             return self.cls(**given, **fixed), set(given)
+
+    def _check_finite(self, name: str, value: Any) -> None:
+        # argparse's float() reads "nan" and "inf"; no setting of ours means either.
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, float) and not math.isfinite(item):
+                raise EfnasError(f"{self.flag(name)} must be a finite number, got {item}")
 
     @contextlib.contextmanager
     def speaking_flags(self) -> Iterator[None]:

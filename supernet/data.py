@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ import torch
 from supernet._digits import DigitTask, EMBEDDED_TASKS, digit_pools, render_digits
 from supernet.errors import EfnasError
 
-__all__ = ["DATASET_HELP", "TaskData", "embedded_dataset_names", "load_data"]
+__all__ = ["DATASET_HELP", "VAL_CROP_FRACTION", "TaskData", "embedded_dataset_names", "load_data"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -44,6 +45,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # ImageNet statistics: what timm's EfficientFormer checkpoints (``--init-from``) were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Validation images are resized so that the centre crop keeps this fraction of the shorter side
+# (resize to resolution / 0.875, then crop resolution): timm's and the paper's evaluation transform.
+VAL_CROP_FRACTION = 0.875
 
 
 def embedded_dataset_names() -> tuple[str, ...]:
@@ -113,18 +117,50 @@ class TaskData(ABC):
         steps = self.num_train_batches(batch_size, world_size)
         if not 0 <= start_batch <= steps:
             raise EfnasError(f"start_batch {start_batch} is outside the epoch's 0..{steps} batches")
-        order = torch.randperm(self.num_train, generator=torch.Generator().manual_seed(_mix_seed(_ORDER, seed, epoch)))
         positions = torch.arange(start_batch, steps)[:, None] * (batch_size * world_size) + rank * batch_size
-        rank_order = order[(positions + torch.arange(batch_size)).flatten()]
+        rank_order = self._epoch_order(seed, epoch)[(positions + torch.arange(batch_size)).flatten()]
         return self._train_batches(rank_order, epoch, batch_size, seed)
+
+    def train_batches_at(self, epoch: int, batch_size: int, *, seed: int, indices: Sequence[int]) -> Iterator[Batch]:
+        """The training batches numbered ``indices`` (as one process's :meth:`train_batches` numbers
+        the batches of ``epoch``), in that order, without reading the others: how DDP ranks share
+        out the BatchNorm calibration batches."""
+        _check_batching(batch_size, 0, 1)
+        if epoch < 0 or seed < 0:
+            raise EfnasError(f"epoch and seed must be >= 0, got epoch {epoch} and seed {seed}")
+        steps = self.num_train_batches(batch_size)
+        wanted = torch.as_tensor(list(indices), dtype=torch.long)
+        if wanted.numel() and not (0 <= int(wanted.min()) and int(wanted.max()) < steps):
+            raise EfnasError(f"batch indices {list(indices)} are outside the epoch's 0..{steps - 1} batches")
+        ids = self._epoch_order(seed, epoch)[(wanted[:, None] * batch_size + torch.arange(batch_size)).flatten()]
+        return self._train_batches(ids, epoch, batch_size, seed)
+
+    def _epoch_order(self, seed: int, epoch: int) -> torch.Tensor:
+        return torch.randperm(self.num_train, generator=torch.Generator().manual_seed(_mix_seed(_ORDER, seed, epoch)))
 
     @abstractmethod
     def _train_batches(self, sample_ids: torch.Tensor, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
         """Batches of ``batch_size`` of the training samples ``sample_ids``, in that order."""
 
+    def val_batches(
+        self, batch_size: int, *, samples: Sequence[int] | None = None, rank: int = 0, world_size: int = 1
+    ) -> Iterator[Batch]:
+        """Validation samples without augmentation, in batches of ``batch_size`` (the last may be short).
+
+        ``samples``: which validation samples, in this order (default: every one, in the fixed
+        validation order). With ``world_size`` > 1 this rank gets batches ``rank``, ``rank + W``, ...
+        of that sequence, so the ranks together see each batch exactly once, as one process would.
+        """
+        _check_batching(batch_size, rank, world_size)
+        ids = torch.arange(self.num_val) if samples is None else torch.as_tensor(list(samples), dtype=torch.long)
+        if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < self.num_val):
+            raise EfnasError(f"validation samples must be in 0..{self.num_val - 1}")
+        starts = range(rank * batch_size, len(ids), world_size * batch_size)
+        return self._val_batches([ids[start : start + batch_size] for start in starts])
+
     @abstractmethod
-    def val_batches(self, batch_size: int) -> Iterator[Batch]:
-        """Every validation sample once, in a fixed order, without augmentation (last batch may be short)."""
+    def _val_batches(self, batches: list[torch.Tensor]) -> Iterator[Batch]:
+        """One batch per tensor of validation sample ids."""
 
     def describe(self) -> dict[str, Any]:
         """What a run config or benchmark records about its data."""
@@ -191,17 +227,15 @@ class _DigitTaskData(TaskData):
             batch = {key: value[ids] for key, value in slots.items()}
             yield self._render(self._train_pool.images, batch), self.task.labels(self._train_pool.labels, batch)
 
-    def val_batches(self, batch_size: int) -> Iterator[Batch]:
-        _check_batching(batch_size, 0, 1)
+    def _val_batches(self, batches: list[torch.Tensor]) -> Iterator[Batch]:
         if self._val_cache is None:
             # Rendered once per process: periodic validation during training costs forwards only.
             pixels = render_digits(self._val_pool.images, self._val_slots, self.task, self.resolution)
             labels = self.task.labels(self._val_pool.labels, self._val_slots)
             self._val_cache = ((pixels - self.mean[0]) / self.std[0], labels)
         images, labels = self._val_cache
-        for start in range(0, self.num_val, batch_size):
-            batch = images[start : start + batch_size]
-            yield batch.expand(-1, 3, -1, -1).contiguous(), labels[start : start + batch_size]
+        for ids in batches:
+            yield images[ids].expand(-1, 3, -1, -1).contiguous(), labels[ids]
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "task": self.task.to_dict(), "split_seed": self.seed}
@@ -230,7 +264,9 @@ def _read_rgb(path: Path) -> torch.Tensor:
     try:
         return decode_image(str(path), mode=ImageReadMode.RGB)  # (3, H, W) uint8
     except RuntimeError as exc:
-        raise EfnasError(f"cannot read image {path}: {str(exc).splitlines()[0]}") from None
+        # torchvision starts its messages with the C++ function and source line: not for the user.
+        reason = re.sub(r"^\w+, \S+:\d+, ", "", (str(exc).strip().splitlines() or [type(exc).__name__])[0])
+        raise EfnasError(f"cannot read image {path}: {reason}") from None
 
 
 def _random_resized_crop_box(height: int, width: int, generator: torch.Generator) -> tuple[int, int, int, int]:
@@ -251,40 +287,62 @@ def _random_resized_crop_box(height: int, width: int, generator: torch.Generator
     return (height - side) // 2, (width - side) // 2, side, side
 
 
-class _FolderSamples(torch.utils.data.Dataset):
-    """The samples of one split in a given order; augmentation seeded per (seed, epoch, sample)."""
+# A sample to read: (split, sample id, augmentation seed, epoch); seed -1 means the validation transform.
+_Key = tuple[int, int, int, int]
+_TRAIN, _VAL = 0, 1
 
-    def __init__(self, task: _ImageFolderTaskData, samples: list[tuple[Path, int]], sample_ids: list[int], augment_seed: tuple[int, int] | None) -> None:
-        self.task = task
-        self.samples = samples
-        self.sample_ids = sample_ids
-        self.augment_seed = augment_seed
+
+class _FolderReader(torch.utils.data.Dataset):
+    """Reads and transforms samples of both splits by key, so that one loader (and its worker
+    processes) serves every epoch, the calibration batches and the validation.
+
+    It holds only the file lists and the transform settings: that is what a worker receives.
+    """
+
+    def __init__(self, splits: tuple[list[tuple[Path, int]], list[tuple[Path, int]]], resolution: int,
+                 mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.splits = splits
+        self.resolution = resolution
+        self.mean, self.std = list(mean), list(std)
 
     def __len__(self) -> int:
-        return len(self.sample_ids)
+        return sum(len(samples) for samples in self.splits)
 
-    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: _Key) -> tuple[torch.Tensor, int]:
         from torchvision.transforms.v2 import functional as TF
 
-        sample_id = self.sample_ids[position]
-        path, label = self.samples[sample_id]
+        split, sample_id, seed, epoch = key
+        path, label = self.splits[split][sample_id]
         image = _read_rgb(path)
-        size = self.task.resolution
-        if self.augment_seed is None:
-            image = TF.resize(image, [round(size / 0.875)], antialias=True)
+        size = self.resolution
+        if seed < 0:
+            image = TF.resize(image, [round(size / VAL_CROP_FRACTION)], antialias=True)
             image = TF.center_crop(image, [size, size])
         else:
-            generator = torch.Generator().manual_seed(_mix_seed(_AUGMENT, *self.augment_seed, sample_id))
+            generator = torch.Generator().manual_seed(_mix_seed(_AUGMENT, seed, epoch, sample_id))
             top, left, h, w = _random_resized_crop_box(image.shape[1], image.shape[2], generator)
             image = TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
             if torch.rand(1, generator=generator).item() < 0.5:
                 image = TF.horizontal_flip(image)
         pixels = image.float().div_(255)
-        return TF.normalize(pixels, list(self.task.mean), list(self.task.std)), label
+        return TF.normalize(pixels, self.mean, self.std), label
+
+
+class _Batches(torch.utils.data.Sampler):
+    """The batches of keys of a loader's next pass, set just before the pass starts."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[_Key]] = []
+
+    def __iter__(self) -> Iterator[list[_Key]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class _ImageFolderTaskData(TaskData):
-    def __init__(self, root: Path, resolution: int, workers: int) -> None:
+    def __init__(self, root: Path, resolution: int, workers: int, pin_memory: bool = False) -> None:
         if not root.is_dir():
             raise EfnasError(f"image folder {root} does not exist")
         for split in ("train", "val"):
@@ -299,6 +357,9 @@ class _ImageFolderTaskData(TaskData):
                 f"class folders of {root}/train and {root}/val differ: only in train: "
                 f"{', '.join(only_train) or 'none'}; only in val: {', '.join(only_val) or 'none'}"
             )
+        if len(classes) < 2:
+            # One class is always predicted right: training would "reach" 100% and mean nothing.
+            raise EfnasError(f"image folder {root} has one class ({classes[0]}); a classifier needs at least two class folders")
         self.root = root
         self.name = f"{IMAGEFOLDER_PREFIX}{root}"
         self.class_names = classes
@@ -307,25 +368,62 @@ class _ImageFolderTaskData(TaskData):
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self.num_train, self.num_val = len(self._train), len(self._val)
         self.workers = workers
+        self.pin_memory = pin_memory
+        self._reader = _FolderReader((self._train, self._val), resolution, self.mean, self.std)
+        self._persistent: tuple[torch.utils.data.DataLoader, _Batches] | None = None
+        self._persistent_busy = False
 
-    def _loader(self, dataset: _FolderSamples, batch_size: int, drop_last: bool) -> Iterator[Batch]:
+    def _new_loader(self, persistent: bool) -> tuple[torch.utils.data.DataLoader, _Batches]:
+        batches = _Batches()
+        # Its own generator: a DataLoader draws its workers' base seed from the global RNG otherwise
+        # (the samples' augmentation is seeded per sample, so the workers' seeds do not matter).
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=False, drop_last=drop_last, num_workers=self.workers
+            self._reader, batch_sampler=batches, num_workers=self.workers, pin_memory=self.pin_memory,
+            persistent_workers=persistent, generator=torch.Generator().manual_seed(0),
         )
-        for images, labels in loader:
-            yield images, labels.long()
+        return loader, batches
+
+    def _read(self, keys: list[list[_Key]]) -> Iterator[Batch]:
+        """The batches ``keys`` through the persistent loader, or through a loader of their own
+        when it is in the middle of another pass (validation in the middle of an epoch)."""
+        persistent = self.workers > 0 and not self._persistent_busy
+        if persistent and self._persistent is None:
+            # Worker processes stay up between passes: an epoch does not pay their start-up again.
+            self._persistent = self._new_loader(persistent=True)
+        loader, batches = self._persistent if persistent and self._persistent else self._new_loader(persistent=False)
+        batches.batches = keys
+        self._persistent_busy |= persistent
+        try:
+            for images, labels in loader:
+                yield images, labels.long()
+        except EfnasError as exc:
+            raise EfnasError(_worker_message(str(exc))) from None
+        finally:
+            if persistent:
+                self._persistent_busy = False
 
     def _train_batches(self, sample_ids: torch.Tensor, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
-        dataset = _FolderSamples(self, self._train, sample_ids.tolist(), augment_seed=(seed, epoch))
-        return self._loader(dataset, batch_size, drop_last=True)
+        ids = sample_ids.tolist()
+        keys = [[(_TRAIN, i, seed, epoch) for i in ids[start : start + batch_size]] for start in range(0, len(ids) - batch_size + 1, batch_size)]
+        return self._read(keys)
 
-    def val_batches(self, batch_size: int) -> Iterator[Batch]:
-        _check_batching(batch_size, 0, 1)
-        dataset = _FolderSamples(self, self._val, list(range(self.num_val)), augment_seed=None)
-        return self._loader(dataset, batch_size, drop_last=False)
+    def _val_batches(self, batches: list[torch.Tensor]) -> Iterator[Batch]:
+        return self._read([[(_VAL, int(i), -1, 0) for i in ids] for ids in batches])
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "root": str(self.root), "class_names": list(self.class_names)}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A loader's worker processes cannot travel (e.g. in a spawned process's arguments).
+        return {**self.__dict__, "_persistent": None, "_persistent_busy": False}
+
+
+def _worker_message(message: str) -> str:
+    """The one line a data-loading worker raised, without the worker's traceback that the
+    DataLoader puts in front of it ("Caught EfnasError in DataLoader worker process 0. Original
+    Traceback ... supernet.errors.EfnasError: cannot read image ...")."""
+    marker = f"{EfnasError.__module__}.{EfnasError.__name__}: "
+    return message.rsplit(marker, 1)[-1] if "DataLoader worker" in message else message
 
 
 @functools.lru_cache(maxsize=8)
@@ -334,12 +432,13 @@ def _embedded(name: str, resolution: int, seed: int) -> _DigitTaskData:
     return _DigitTaskData(EMBEDDED_TASKS[name], resolution, seed)
 
 
-def load_data(arg: str, resolution: int, *, seed: int = 0, workers: int = 0) -> TaskData:
+def load_data(arg: str, resolution: int, *, seed: int = 0, workers: int = 0, pin_memory: bool = False) -> TaskData:
     """The dataset named by ``arg`` (see :data:`DATASET_HELP`) at ``resolution`` x ``resolution``.
 
     ``seed`` picks the fixed train/validation split of the embedded sets (keep it at 0 to compare
     runs); the training order is seeded separately, per call of :meth:`TaskData.train_batches`.
-    ``workers`` is the number of DataLoader processes reading an image folder.
+    ``workers`` is the number of DataLoader processes reading an image folder (kept up between
+    epochs); ``pin_memory`` puts its batches in page-locked memory, for fast copies to a GPU.
     """
     if not isinstance(resolution, int) or resolution < 8:
         raise EfnasError(f"resolution must be an integer of at least 8, got {resolution!r}")
@@ -349,7 +448,7 @@ def load_data(arg: str, resolution: int, *, seed: int = 0, workers: int = 0) -> 
         path = arg[len(IMAGEFOLDER_PREFIX) :]
         if not path:
             raise EfnasError("imagefolder: needs a path, e.g. imagefolder:/data/my_images")
-        return _ImageFolderTaskData(Path(path).expanduser(), resolution, workers)
+        return _ImageFolderTaskData(Path(path).expanduser(), resolution, workers, pin_memory)
     if arg in EMBEDDED_TASKS:
         return _embedded(arg, resolution, seed)
     raise EfnasError(

@@ -7,9 +7,12 @@ traceback; every other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import json
+import tomllib
 from pathlib import Path
+from typing import Any
 
-__all__ = ["ConfigError", "EfnasError", "read_user_file"]
+__all__ = ["ConfigError", "EfnasError", "read_user_data", "read_user_file"]
 
 
 class EfnasError(Exception):
@@ -47,3 +50,14 @@ def read_user_file(path: Path, what: str) -> str:
         raise EfnasError(f"{what} {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise EfnasError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def read_user_data(path: Path, what: str, *, format: str | None = None) -> Any:
+    """The parsed contents of a JSON or TOML file the user named (``format`` "json"/"toml";
+    default: from the suffix, JSON unless ``.toml``), or a one-line :class:`EfnasError`."""
+    text = read_user_file(path, what)
+    format = format or ("toml" if path.suffix == ".toml" else "json")
+    try:
+        return tomllib.loads(text) if format == "toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise EfnasError(f"{what} {path} is not valid {format.upper()}: {exc}") from None

@@ -6,6 +6,11 @@ re-estimated on a few training batches; this is done on the extracted static mod
 supernet's own buffers are never touched and no autograd graph is kept (peer tools' BN
 calibration is known to leak memory when run through the supernet under autograd).
 
+Under ``torchrun`` (an initialised ``torch.distributed`` process group) the work is shared: each
+rank re-estimates BatchNorm on its share of the calibration batches and scores its share of the
+validation batches, and the statistics and counts are summed over the ranks, so every rank gets
+the score one process would compute. Every rank must then score the same subnets in the same order.
+
 >>> data = task_data(info)  # the data the supernet was trained on, split as in training  # doctest: +SKIP
 >>> scorer = Scorer(data, EvalConfig(calib_batches=8, val_subset=2000))  # doctest: +SKIP
 >>> scorer.score(supernet, spec)  # top-1, a fraction  # doctest: +SKIP
@@ -15,10 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from supernet.data import TaskData, load_data
@@ -47,7 +52,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 _CACHE_LIMIT_BYTES = 512 * 2**20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     """How a subnet is scored. Scores from different settings are not comparable, so a study
     records these and refuses to continue with other ones."""
@@ -83,25 +88,51 @@ def task_data(info: CheckpointInfo, data: str | None = None) -> TaskData:
     return loaded
 
 
-def recalibrate_bn(model: nn.Module, batches: Iterable[Batch], device: torch.device | str = "cpu") -> nn.Module:
-    """Reset every BatchNorm's running statistics and re-estimate them as the plain average over
-    ``batches`` (momentum ``None``). Returns the model in eval mode."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+def recalibrate_bn(
+    model: nn.Module, batches: Iterable[Batch], device: torch.device | str = "cpu", *, distributed: bool = False
+) -> nn.Module:
+    """Reset every BatchNorm's running statistics and re-estimate them as the plain average, over
+    ``batches``, of each batch's mean and variance. Returns the model in eval mode.
+
+    With ``distributed`` every rank of the initialised process group passes its share of the
+    batches, and the average is taken over all of them: the statistics one process would get.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     momenta = [norm.momentum for norm in norms]
     for norm in norms:
         norm.reset_running_stats()
-        norm.momentum = None
+        norm.momentum = 1.0  # after each forward the running statistics are that batch's own
+    # Summed in float64, so that the order of the sum (which rank holds which batch) does not show.
+    sums = [torch.zeros(2, norm.num_features, dtype=torch.float64, device=norm.running_mean.device) for norm in norms]
+    count = 0
     model.train()
     with torch.no_grad():
         for images, _ in batches:
             model(images.to(device))
-    for norm, momentum in zip(norms, momenta):
+            count += 1
+            for norm, total in zip(norms, sums):
+                total[0] += norm.running_mean
+                total[1] += norm.running_var
+    if distributed:
+        flat = _all_reduce(torch.cat([torch.tensor([float(count)], dtype=torch.float64), *(t.flatten().cpu() for t in sums)]))
+        count = int(flat[0])
+        sums = [part.view(2, -1) for part in flat[1:].split([t.numel() for t in sums])]
+    for norm, total, momentum in zip(norms, sums, momenta):
+        if count:
+            norm.running_mean.copy_(total[0] / count)
+            norm.running_var.copy_(total[1] / count)
+            norm.num_batches_tracked.fill_(count)
+        else:
+            norm.reset_running_stats()
         norm.momentum = momentum
     return model.eval()
 
 
-def evaluate(model: nn.Module, batches: Iterable[Batch], device: torch.device | str = "cpu") -> float:
-    """Top-1 accuracy (a fraction in [0, 1]) of ``model`` in eval mode over ``batches``."""
+def evaluate(
+    model: nn.Module, batches: Iterable[Batch], device: torch.device | str = "cpu", *, distributed: bool = False
+) -> float:
+    """Top-1 accuracy (a fraction in [0, 1]) of ``model`` in eval mode over ``batches`` (with
+    ``distributed``: over every rank's batches together)."""
     model.eval()
     correct = total = 0
     with torch.no_grad():
@@ -109,22 +140,65 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], device: torch.device | 
             predictions = model(images.to(device)).argmax(dim=1).cpu()
             correct += int((predictions == labels).sum())
             total += labels.numel()
+    if distributed:
+        correct, total = (int(n) for n in _all_reduce(torch.tensor([correct, total], dtype=torch.float64)))
     if total == 0:
         raise ValueError("evaluate() got no batches")
     return correct / total
 
 
-def calibration_batches(data: TaskData, num_batches: int, batch_size: int, seed: int) -> Iterator[Batch]:
-    """The first ``num_batches`` training batches of epoch 0 for ``seed``: the same for every subnet."""
-    return islice(data.train_batches(0, batch_size, seed=seed), num_batches)
+def _all_reduce(values: torch.Tensor) -> torch.Tensor:
+    """``values`` (on the CPU) summed over the ranks; NCCL reduces on this rank's GPU."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    values = values.to(device)
+    dist.all_reduce(values)
+    return values.cpu()
+
+
+def calibration_batches(
+    data: TaskData, num_batches: int, batch_size: int, seed: int, *, rank: int = 0, world_size: int = 1
+) -> Iterator[Batch]:
+    """The first ``num_batches`` training batches of epoch 0 for ``seed``: the same for every subnet
+    (rank ``r`` of ``world_size`` gets batches ``r``, ``r + world_size``, ... of them)."""
+    available = min(num_batches, data.num_train_batches(batch_size))
+    return data.train_batches_at(0, batch_size, seed=seed, indices=range(rank, available, world_size))
+
+
+def _process_group(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Which share of the work this process does: as given, or torch.distributed's when initialised."""
+    initialised = dist.is_available() and dist.is_initialized()
+    if rank is None and world_size is None:
+        return (dist.get_rank(), dist.get_world_size()) if initialised else (0, 1)
+    if rank is None or world_size is None:
+        raise EfnasError("give both rank and world_size, or neither (then torch.distributed's are used)")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise EfnasError(f"rank {rank} is not within world size {world_size}")
+    if world_size > 1 and not (initialised and (dist.get_rank(), dist.get_world_size()) == (rank, world_size)):
+        raise EfnasError(
+            f"scoring as rank {rank} of {world_size} needs an initialised torch.distributed process group of that "
+            "size (run under torchrun), or world_size 1 to score alone"
+        )
+    return rank, world_size
 
 
 class Scorer:
     """Top-1 of subnets on ``data`` under one :class:`EvalConfig`: BatchNorm re-estimated on the
     same training batches for every model, then scored on the validation split or on a fixed,
-    seeded subset of it. Given the settings a score is deterministic."""
+    seeded subset of it. Given the settings a score is deterministic.
 
-    def __init__(self, data: TaskData, config: EvalConfig = EvalConfig(), *, device: torch.device | str = "cpu") -> None:
+    ``rank`` and ``world_size`` (default: torch.distributed's when initialised, else one process)
+    share the work out over the processes of a torchrun job; ``world_size=1`` scores alone in each.
+    """
+
+    def __init__(
+        self,
+        data: TaskData,
+        config: EvalConfig = EvalConfig(),
+        *,
+        device: torch.device | str = "cpu",
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
         if config.val_subset is not None and config.val_subset > data.num_val:
             raise EfnasError(f"val_subset {config.val_subset} exceeds the {data.num_val} validation images of '{data.name}'")
         if config.calib_batches and data.num_train_batches(config.batch_size) == 0:
@@ -136,12 +210,15 @@ class Scorer:
         self.data = data
         self.config = config
         self.device = torch.device(device)
-        c = config
+        self.rank, self.world_size = _process_group(rank, world_size)
+        c, share = config, 1 / self.world_size
         image_bytes = 3 * data.resolution**2 * 4
         self._calibration = _cached(
-            lambda: calibration_batches(data, c.calib_batches, c.batch_size, c.seed), c.calib_batches * c.batch_size * image_bytes
+            lambda: calibration_batches(data, c.calib_batches, c.batch_size, c.seed, rank=self.rank, world_size=self.world_size),
+            c.calib_batches * c.batch_size * image_bytes * share,
         )
-        self._validation = _cached(self._subset_batches, self.num_val * image_bytes) if c.val_subset else self._all_val
+        self._samples = self._subset() if c.val_subset else None
+        self._validation = _cached(self._val_share, self.num_val * image_bytes * share) if c.val_subset else self._val_share
 
     @property
     def num_val(self) -> int:
@@ -153,16 +230,22 @@ class Scorer:
         """How many training batches the BatchNorm re-estimation sees (fewer when the set is small)."""
         return min(self.config.calib_batches, self.data.num_train_batches(self.config.batch_size))
 
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
     def recalibrate(self, model: nn.Module, *, progress: Progress | None = None, description: str = "recalibrating BatchNorm") -> nn.Module:
         """Re-estimate ``model``'s BatchNorm statistics (nothing with 0 calibration batches); eval mode."""
         if self.config.calib_batches:
-            recalibrate_bn(model, _counted(self._calibration(), progress, description, self.num_calib_batches), self.device)
+            share = len(range(self.rank, self.num_calib_batches, self.world_size))
+            batches = _counted(self._calibration(), progress, description, share)
+            recalibrate_bn(model, batches, self.device, distributed=self.distributed)
         return model.eval()
 
     def accuracy(self, model: nn.Module, *, progress: Progress | None = None, description: str = "evaluating") -> float:
         """Validation top-1 of ``model`` as it is (a fraction)."""
-        total = -(-self.num_val // self.config.batch_size)
-        return evaluate(model, _counted(self._validation(), progress, description, total), self.device)
+        share = len(range(self.rank, -(-self.num_val // self.config.batch_size), self.world_size))
+        return evaluate(model, _counted(self._validation(), progress, description, share), self.device, distributed=self.distributed)
 
     def score(self, supernet: Any, spec: ArchSpec) -> float:
         """Validation top-1 of ``spec`` with weights inherited from ``supernet``, after recalibration."""
@@ -170,33 +253,17 @@ class Scorer:
         return self.accuracy(self.recalibrate(model))
 
     def val_batches(self) -> Iterator[Batch]:
-        """The batches a score is measured on."""
+        """The batches a score is measured on (this rank's share of them)."""
         return self._validation()
 
-    def _all_val(self) -> Iterator[Batch]:
-        return self.data.val_batches(self.config.batch_size)
+    def _val_share(self) -> Iterator[Batch]:
+        return self.data.val_batches(self.config.batch_size, samples=self._samples, rank=self.rank, world_size=self.world_size)
 
-    def _subset_batches(self) -> Iterator[Batch]:
-        """The seeded subset, in validation order, in batches of ``batch_size``."""
-        size, batch_size = self.data.num_val, self.config.batch_size
-        chosen = torch.zeros(size, dtype=torch.bool)
-        chosen[torch.randperm(size, generator=torch.Generator().manual_seed(self.config.seed))[: self.config.val_subset]] = True
-        images: list[torch.Tensor] = []
-        labels: list[torch.Tensor] = []
-        held = start = 0
-        for batch_images, batch_labels in self.data.val_batches(batch_size):
-            keep = chosen[start : start + len(batch_labels)]
-            start += len(batch_labels)
-            images.append(batch_images[keep])
-            labels.append(batch_labels[keep])
-            held += int(keep.sum())
-            while held >= batch_size:
-                all_images, all_labels = torch.cat(images), torch.cat(labels)
-                yield all_images[:batch_size], all_labels[:batch_size]
-                images, labels = [all_images[batch_size:]], [all_labels[batch_size:]]
-                held -= batch_size
-        if held:
-            yield torch.cat(images), torch.cat(labels)
+    def _subset(self) -> list[int]:
+        """The seeded subset of validation samples, in validation order (only these are read)."""
+        size = self.data.num_val
+        chosen = torch.randperm(size, generator=torch.Generator().manual_seed(self.config.seed))[: self.config.val_subset]
+        return sorted(chosen.tolist())
 
 
 def _cached(batches: Callable[[], Iterator[Batch]], size: int) -> Callable[[], Iterator[Batch]]:
@@ -226,8 +293,10 @@ def evaluate_spec(
     batch_size: int = 128,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> float:
     """Validation top-1 of ``spec`` with weights inherited from ``supernet`` after BN recalibration
     (one :class:`Scorer` call; build a Scorer to score many subnets on the same batches)."""
     config = EvalConfig(calib_batches=calib_batches, batch_size=batch_size, seed=seed)
-    return Scorer(data, config, device=device).score(supernet, spec)
+    return Scorer(data, config, device=device, rank=rank, world_size=world_size).score(supernet, spec)

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from supernet.errors import EfnasError, read_user_file
+from supernet.errors import EfnasError, read_user_data
 
 __all__ = [
     "ArchSpec",
@@ -187,11 +187,7 @@ def load_arch(path: str | Path) -> ArchSpec:
     """Read an architecture from a JSON file: a bare spec, or an object with an ``arch`` field
     (as in a search's ``best.json`` or an export's ``arch.json``)."""
     path = Path(path)
-    text = read_user_file(path, "architecture file")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EfnasError(f"architecture file {path} is not valid JSON: {exc}") from None
+    data = read_user_data(path, "architecture file", format="json")
     if isinstance(data, dict) and "arch" in data:
         data = data["arch"]
     try:
@@ -598,9 +594,5 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
             f"unknown space '{text_name}': built-in spaces are {', '.join(builtin_space_names())}, "
             "or give the path of a .toml or .json space file"
         )
-    text = read_user_file(path, "space file")
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise EfnasError(f"space file {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+    data = read_user_data(path, "space file")
     return _parse_space(data, f"space file {path}")

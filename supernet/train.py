@@ -14,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import random
 import time
 from dataclasses import asdict, dataclass
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,14 @@ import torch.nn.functional as F
 from rich.progress import Progress
 from torch import nn
 
-from supernet.checkpoint import load_checkpoint, save_checkpoint
+from supernet.checkpoint import load_checkpoint, read_weights, save_checkpoint
 from supernet.elastic import Supernet, infer_spec
-from supernet.errors import EfnasError
+from supernet.errors import ConfigError, EfnasError
 from supernet.evaluate import evaluate_spec
-from supernet.io import atomic_write_json, atomic_write_text, console, progress_bar, provenance
+from supernet.io import (
+    atomic_write_json, atomic_write_text, check_output_folder, console, lock_folder, progress_bar, provenance,
+    remove_stale_temp_files, torch_threads,
+)
 from supernet.model import EfficientFormer, build_model
 from supernet.optim import distillation_loss, param_groups, warmup_cosine
 from supernet.space import ArchSpec, SearchSpace, load_space
@@ -46,9 +50,9 @@ __all__ = ["TrainConfig", "TrainResult", "load_static_checkpoint", "params_diges
 class TrainConfig:
     """One supernet training run. The defaults train the tiny space on the embedded task."""
 
-    space: str = "tiny"  # built-in space name or a space file
-    data: str = "digits-mosaic"  # embedded task name, or imagefolder:PATH
-    out: str = "runs/supernet"  # run folder: supernet.pt, metrics.jsonl, config.json
+    space: str | os.PathLike[str] = "tiny"  # built-in space name or a space file
+    data: str | os.PathLike[str] = "digits-mosaic"  # embedded task name, or imagefolder:PATH (a path alone: an image folder)
+    out: str | os.PathLike[str] = "runs/supernet"  # run folder: supernet.pt, metrics.jsonl, config.json
     epochs: int = 10
     steps_per_epoch: int | None = None  # cap on steps per epoch, for quick trials
     batch_size: int = 64  # per process; 64 measured best at the demo's image budget (docs/benchmarks/supernet_recipe.md)
@@ -63,42 +67,53 @@ class TrainConfig:
     meta4d_largest: bool = False  # also train the largest widths with the fewest Meta3D blocks each step
     largest_only_epochs: float = 0.0  # epochs that train the largest subnet alone before the sandwich starts
     final_lr_ratio: float = 0.0  # the cosine ends at this fraction of --lr (BigNAS ends at a constant)
-    teacher: str | None = None  # static EfficientFormer state dict distilled into every subnet
-    init_from: str | None = None  # timm/our EfficientFormer state dict to warm-start the supernet
+    teacher: str | os.PathLike[str] | None = None  # static EfficientFormer state dict distilled into every subnet
+    init_from: str | os.PathLike[str] | None = None  # timm/our EfficientFormer state dict to warm-start the supernet
     seed: int = 0
     checkpoint_every: int = 100  # steps
     eval_every: int = 0  # steps between validations of the largest/smallest subnets; 0 = each epoch
+    skip_validation: bool = False  # never validate (the checkpoint then has no val_top1_* metrics)
     calib_batches: int = 8  # BatchNorm recalibration batches before each validation
     workers: int = 0  # data-loading processes (image folders)
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # intra-op CPU threads; None: torch's default (all cores)
 
     def __post_init__(self) -> None:
-        positive = ("epochs", "batch_size", "checkpoint_every", "calib_batches")
-        for name in positive:
-            if getattr(self, name) < (0 if name == "epochs" else 1):
-                raise EfnasError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise EfnasError(f"--steps-per-epoch must be at least 1, got {self.steps_per_epoch}")
+        # Paths arrive as str or os.PathLike; stored as str so the config is JSON as it stands.
+        for name in ("space", "data", "out", "teacher", "init_from"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                text = os.fspath(value)
+                object.__setattr__(self, name, f"imagefolder:{text}" if name == "data" else text)
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(field.name, f"must be a finite number, got {value}")
+        for name, low in _LOWER_BOUNDS.items():
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ConfigError(name, f"must be at least {low}, got {value}")
         for name in ("lr", "kd_temperature"):
             if getattr(self, name) <= 0:
-                raise EfnasError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if not 0 <= self.subnet_label_weight <= 1 or not 0 <= self.final_lr_ratio <= 1:
-            raise EfnasError("--subnet-label-weight and --final-lr-ratio must be in [0, 1]")
-        if self.subnet_weight < 0 or self.largest_only_epochs < 0:
-            raise EfnasError("--subnet-weight and --largest-only-epochs must not be negative")
-        if not 0 <= self.label_smoothing < 1:
-            raise EfnasError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.num_random < 0 or self.weight_decay < 0 or self.warmup_epochs < 0 or self.eval_every < 0:
-            raise EfnasError("--num-random, --weight-decay, --warmup-epochs and --eval-every must not be negative")
-        if self.threads is not None and self.threads < 1:
-            raise EfnasError(f"--threads must be at least 1, got {self.threads}")
+                raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
+        for name, (low, high, high_included) in _INTERVALS.items():
+            value = getattr(self, name)
+            if not (low <= value <= high if high_included else low <= value < high):
+                raise ConfigError(name, f"must be in [{low}, {high}{']' if high_included else ')'}, got {value}")
         if self.device not in ("auto", "cpu", "cuda"):
-            raise EfnasError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+            raise ConfigError("device", f"must be auto, cpu or cuda, got {self.device!r}")
+
+
+_LOWER_BOUNDS = {
+    "epochs": 0, "steps_per_epoch": 1, "batch_size": 1, "weight_decay": 0, "warmup_epochs": 0, "num_random": 0,
+    "subnet_weight": 0, "largest_only_epochs": 0, "seed": 0, "checkpoint_every": 1, "eval_every": 0,
+    "calib_batches": 1, "workers": 0, "threads": 1,
+}
+_INTERVALS = {"label_smoothing": (0, 1, False), "subnet_label_weight": (0, 1, True), "final_lr_ratio": (0, 1, True)}
 
 
 # Settings that may change when a run is resumed without changing what it computes.
-RESUMABLE_OVERRIDES = ("out", "workers", "device")
+RESUMABLE_OVERRIDES = ("out", "workers", "device", "skip_validation")
 
 
 @dataclass
@@ -161,32 +176,34 @@ class SandwichLoss(nn.Module):
         return loss, loss_largest.detach()
 
 
-def load_static_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """A static EfficientFormer state dict (timm's or ours; ``.pt``/``.pth`` or ``.safetensors``)."""
+def load_static_checkpoint(path: str | os.PathLike[str], *, what: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """A static EfficientFormer state dict (timm's or ours; ``.pt``/``.pth`` or ``.safetensors``);
+    ``what`` names the file in errors ("teacher", "warm-start checkpoint")."""
     path = Path(path)
     if not path.is_file():
-        raise EfnasError(f"checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
+        raise EfnasError(f"{what} {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
             from safetensors.torch import load_file
-
+        except ImportError:
+            raise EfnasError("reading .safetensors files needs the safetensors package (pip install safetensors)") from None
+        try:
             state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except ImportError:
-        raise EfnasError("reading .safetensors files needs the safetensors package (pip install safetensors)") from None
-    except Exception as exc:  # noqa: BLE001 - every reader error means the same thing to the user
-        raise EfnasError(f"checkpoint {path} is truncated or corrupt ({str(exc).splitlines()[0][:160]})") from None
+        except Exception as exc:  # noqa: BLE001 - every reader error means the same thing to the user
+            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            raise EfnasError(f"{what} {path} is truncated or corrupt ({lines[0][:160]})") from None
+    else:
+        state = read_weights(path, what=what)
     for wrapper in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict) and "stem.conv1.weight" not in state:
             state = state[wrapper]
     if not isinstance(state, dict) or "stem.conv1.weight" not in state:
-        raise EfnasError(f"{path} is not an EfficientFormer state dict (no stem.conv1.weight)")
+        raise EfnasError(f"{what} {path} is not an EfficientFormer state dict (no stem.conv1.weight)")
     return state
 
 
 def _load_teacher(path: str, resolution: int, num_classes: int, space: SearchSpace) -> EfficientFormer:
-    state = load_static_checkpoint(path)
+    state = load_static_checkpoint(path, what="teacher")
     spec = dataclasses.replace(infer_spec(state, space), resolution=resolution)
     if spec.num_classes != num_classes:
         raise EfnasError(f"teacher {path} predicts {spec.num_classes} classes but the data has {num_classes}")
@@ -273,6 +290,7 @@ class _Run:
     metrics: dict[str, Any]
     data_record: dict[str, Any]
     finished: bool
+    saved_step: int | None = None  # step of the checkpoint on disk, None before the first
 
     @property
     def checkpoint_path(self) -> Path:
@@ -303,20 +321,39 @@ class _Run:
             )
 
     def validate(self) -> None:
-        """Top-1 of the largest and smallest subnets after BN recalibration (rank 0; the others wait)."""
+        """Top-1 of the largest and smallest subnets after BN recalibration. Every rank recalibrates
+        on its share of the calibration batches and scores its share of the validation set (a
+        single rank validating a large image folder kept the others waiting past NCCL's timeout)."""
+        for name, spec in (("largest", self.space.largest()), ("smallest", self.space.smallest())):
+            self.metrics[f"val_top1_{name}"] = evaluate_spec(
+                self.supernet, spec, self.data, calib_batches=self.config.calib_batches,
+                batch_size=self.config.batch_size, seed=self.config.seed, device=self.ddp.device,
+                rank=self.ddp.rank, world_size=self.ddp.world_size,
+            )
+        self.metrics["val_step"] = self.step
         if self.ddp.is_main:
-            for name, spec in (("largest", self.space.largest()), ("smallest", self.space.smallest())):
-                self.metrics[f"val_top1_{name}"] = evaluate_spec(
-                    self.supernet, spec, self.data, calib_batches=self.config.calib_batches,
-                    batch_size=self.config.batch_size, seed=self.config.seed, device=self.ddp.device,
-                )
-            self.metrics["val_step"] = self.step
             record = {k: self.metrics[k] for k in ("val_top1_largest", "val_top1_smallest")}
             _append_metrics(self.metrics_path, {"step": self.step, "epoch": self.step / self.steps_per_epoch, **record})
-        self.ddp.barrier()
+
+    def check_finite_loss(self, loss: torch.Tensor) -> None:
+        """Stop, before the optimiser step spoils the weights, when this step's loss (on any rank) is nan or inf."""
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self.ddp.world_size > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item():
+            raise self.diverged(f"the loss of step {self.step + 1} is {float(loss.detach())}")
+
+    def diverged(self, what: str) -> EfnasError:
+        kept = (f"{self.checkpoint_path} keeps the last good weights (step {self.saved_step}, not finished)"
+                if self.saved_step is not None else "no checkpoint was written")
+        return EfnasError(f"training diverged: {what}; {kept}; train again with a lower lr or a longer warm-up in a new run folder")
 
     def save(self, finished: bool) -> None:
+        # Every rank checks (their weights are equal), so that they stop together.
+        if not all(bool(torch.isfinite(p).all()) for p in self.supernet.parameters()):
+            raise self.diverged(f"the weights at step {self.step} are not finite")
         if not self.ddp.is_main:
+            self.saved_step = self.step
             return
         save_checkpoint(self.checkpoint_path, {
             "model": self.supernet.state_dict(),
@@ -334,6 +371,7 @@ class _Run:
             "metrics": self.metrics,
             "provenance": provenance(),
         })
+        self.saved_step = self.step
 
 
 def _setup(config: TrainConfig, resume: bool, explicit: set[str]) -> _Run:
@@ -360,7 +398,9 @@ def _setup(config: TrainConfig, resume: bool, explicit: set[str]) -> _Run:
     if stored is not None and stored["fingerprint"] != space.fingerprint():
         raise EfnasError(f"checkpoint {checkpoint_path} was trained on another space (fingerprint {stored['fingerprint']}, now {space.fingerprint()})")
 
-    torch.manual_seed(config.seed)  # the initial weights; nothing later draws from the global RNG
+    # The initial weights, from the CPU generator (train() forks it): torch.manual_seed would also
+    # reseed every CUDA device. Nothing later draws from it.
+    torch.default_generator.manual_seed(config.seed)
     supernet = Supernet(space)
     if config.init_from and stored is None:
         note = _warm_start(supernet, space, config.init_from)
@@ -388,7 +428,7 @@ def _setup(config: TrainConfig, resume: bool, explicit: set[str]) -> _Run:
 
 
 def _warm_start(supernet: Supernet, space: SearchSpace, path: str) -> str:
-    state = load_static_checkpoint(path)
+    state = load_static_checkpoint(path, what="warm-start checkpoint")
     spec = infer_spec(state, space.with_num_classes(int(state["head.weight"].shape[0])))
     spec = dataclasses.replace(spec, num_classes=space.num_classes)
     skipped = supernet.load_static_state_dict(state, spec)
@@ -402,7 +442,7 @@ def _restore(run: _Run, stored: dict[str, Any]) -> None:
     run.supernet.load_state_dict(stored["model"])
     run.optimizer.load_state_dict(stored["optimizer"])
     torch.set_rng_state(stored["rng"]["torch"])
-    run.step = int(stored["step"])
+    run.step = run.saved_step = int(stored["step"])
     run.metrics = dict(stored.get("metrics", {}))
     run.finished = bool(stored.get("finished"))
 
@@ -470,18 +510,42 @@ def train(
 
     ``explicit`` names the settings the user gave on the command line: on resume they must agree
     with the checkpoint's (a silently different schedule would not be the run that was killed).
+    The run folder is locked while the run writes into it, and the caller's global torch RNG and
+    thread count are as they were when it returns.
     """
-    run = _setup(config, resume, explicit or set())
+    with ExitStack() as stack:
+        if int(os.environ.get("RANK", "0")) == 0:
+            check_output_folder(config.out)
+            stack.enter_context(lock_folder(config.out, what="training run"))
+            remove_stale_temp_files(config.out)
+        stack.enter_context(torch_threads(torch.get_num_threads()))  # restores what --threads / DDP set
+        stack.enter_context(torch.random.fork_rng(devices=[]))  # the initial weights' seed stays inside
+        return _train(_setup(config, resume, explicit or set()), show_progress)
+
+
+def _train(run: _Run, show_progress: bool) -> TrainResult:
     config, ddp, supernet = run.config, run.ddp, run.supernet
     if ddp.is_main:
-        Path(config.out).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(config.out) / "config.json", {"config": asdict(config), "space": run.space.to_dict(), "data": run.data_record})
         _truncate_metrics(run.metrics_path, run.step)
     if run.finished:
         if ddp.is_main:
             console.print(f"{run.checkpoint_path} is already finished ({run.step} steps); nothing to do")
-        return TrainResult(supernet.eval(), run.space, run.checkpoint_path, run.metrics)
+    elif run.total_steps == 0:
+        _finish(run)  # the initialised supernet first: validating a large space can take many minutes
+        if not config.skip_validation:
+            run.validate()
+            run.save(finished=True)
+    else:
+        _loop(run, show_progress)
+        _finish(run)
+    ddp.barrier()
+    return TrainResult(supernet.eval(), run.space, run.checkpoint_path, run.metrics)
 
+
+def _loop(run: _Run, show_progress: bool) -> None:
+    """The training steps from ``run.step`` to the end, with periodic validation and checkpoints."""
+    config, ddp, supernet = run.config, run.ddp, run.supernet
     loss_module = SandwichLoss(supernet, config)
     model: nn.Module = loss_module
     if ddp.world_size > 1:
@@ -502,12 +566,13 @@ def train(
             with torch.autocast(ddp.device.type, dtype=torch.bfloat16, enabled=ddp.device.type == "cuda"):
                 teacher_logits = run.teacher(images) if run.teacher is not None else None
                 loss, loss_largest = model(images, labels, run.specs(), teacher_logits)
+            run.check_finite_loss(loss)
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             run.optimizer.step()
             run.step += 1
             meter.add(loss, loss_largest, lr)
-            if run.step % eval_every == 0 or run.step == run.total_steps:
+            if not config.skip_validation and (run.step % eval_every == 0 or run.step == run.total_steps):
                 with meter.pause():
                     supernet.eval()
                     run.validate()
@@ -515,15 +580,15 @@ def train(
             if run.step % config.checkpoint_every == 0 and run.step != run.total_steps:
                 with meter.pause():
                     run.save(finished=False)
-    if run.total_steps == 0:
-        run.validate()
-    digest = params_digest(supernet)
-    if not ddp.same_everywhere(digest):
+
+
+def _finish(run: _Run) -> None:
+    """Record the final weights' digest (the same on every rank) and write the finished checkpoint."""
+    digest = params_digest(run.supernet)
+    if not run.ddp.same_everywhere(digest):
         raise RuntimeError("DDP ranks ended with different supernet weights")
     run.metrics["params_sha256"] = digest
     run.save(finished=True)
-    ddp.barrier()
-    return TrainResult(supernet.eval(), run.space, run.checkpoint_path, run.metrics)
 
 
 def _append_metrics(path: Path, record: dict[str, Any]) -> None:

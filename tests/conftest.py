@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -48,3 +55,52 @@ def tiny_lut(tmp_path_factory, tiny_space):
         config = BuildConfig(rounds=3, warmup=1, retries=0, calibration_samples=3, calibration_rounds=2, calibration_runs=1)
         build_lut(tiny_space, path, config)
     return path
+
+
+PG_BIN = Path("/usr/lib/postgresql")
+
+
+def _pg_bin(name: str) -> Path | None:
+    found = sorted(PG_BIN.glob(f"*/bin/{name}"))  # Debian keeps the server tools off PATH
+    if found:
+        return found[-1]
+    on_path = shutil.which(name)
+    return Path(on_path) if on_path else None
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL cluster on a free port (as the 'postgres' user when run as root,
+    since the server refuses to run as root)."""
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed; .ci/run installs them")
+    folder = Path(tempfile.mkdtemp(prefix="efnas-pg-"))
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        user = "postgres" if _user_exists("postgres") else "nobody"
+        shutil.chown(folder, user)
+        prefix = ["runuser", "-u", user, "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = folder / "data"
+    subprocess.run([*prefix, str(initdb), "-D", str(data), "--auth=trust", "-U", "efnas"], check=True, capture_output=True)
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run([*prefix, str(pg_ctl), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([str(initdb.parent / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "efnas", "efnas"], check=True, capture_output=True)
+        yield f"postgresql://efnas@127.0.0.1:{port}/efnas"
+    finally:
+        subprocess.run([*prefix, str(pg_ctl), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True

@@ -28,7 +28,7 @@ CONFIGS = [
                               luts=("a.json", "b.json"), seed=3, finetune_lr=1e-3, tolerance=2e-5, device="cuda", threads=2)),
     (["lut", "build", "--space", "tiny", "--out", "t.json"], BuildConfig(backend="torch", threads=2, rounds=5, max_minutes=1.5,
                                                                        num_classes=10, device="box")),
-    (["demo"], DemoConfig(out="o", epochs=1, steps_per_epoch=2, budget="0.5", measure=True, seed=1, threads=1, trials=3)),
+    (["demo"], DemoConfig(out="o", epochs=1, steps_per_epoch=2, budget="0.5", table="measure", seed=1, threads=1, trials=3)),
 ]
 
 
@@ -48,7 +48,8 @@ def _flags(parser, words) -> ConfigFlags:
 def test_to_argv_leaves_defaults_out_and_refuses_what_no_flag_gives():
     flags = _flags(build_parser(), ["demo"])
     assert flags.to_argv(DemoConfig()) == []
-    assert flags.to_argv(DemoConfig(), always=("out", "measure", "threads")) == ["--out", "runs/demo"]
+    assert flags.to_argv(DemoConfig(), always=("out", "table", "threads")) == ["--out", "runs/demo", "--table", "recalibrate"]
+    assert _flags(build_parser(), ["train"]).to_argv(TrainConfig(), always=("skip_validation", "threads")) == []
     with pytest.raises(EfnasError, match="DemoConfig.space = 'small' cannot be given on the command line"):
         flags.to_argv(DemoConfig(space="small"))
     with pytest.raises(EfnasError, match="DemoConfig.val_subset = None cannot be given"):
@@ -69,6 +70,9 @@ def test_every_field_needs_an_entry():
         (["lut", "build", "--space", "tiny", "--out", "t.json", "--min-group-seconds", "-1"],
          "efnas: error: --min-group-seconds must be at least 0, got -1.0"),
         (["demo", "--trials", "0"], "efnas: error: --trials must be at least 1, got 0"),
+        # argparse reads "nan" and "inf" as floats: every command refuses them, whatever its config checks.
+        (["export", "--supernet", "s", "--out", "o", "--tolerance", "inf"], "efnas: error: --tolerance must be a finite number, got inf"),
+        (["train", "--lr", "nan"], "efnas: error: --lr must be a finite number, got nan"),
     ],
 )
 def test_config_errors_name_the_flag(argv, message, capsys):

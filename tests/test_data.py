@@ -202,6 +202,7 @@ def test_imagefolder_with_workers_matches_in_process(tmp_path):
         ("no_images", "no .png or .jpg images"),
         ("classes_differ", "class folders"),
         ("no_classes", "no class subfolders"),
+        ("one_class", "has one class \\(cat\\); a classifier needs at least two class folders"),
     ],
 )
 def test_imagefolder_errors_are_one_line(tmp_path, case, message):
@@ -219,9 +220,35 @@ def test_imagefolder_errors_are_one_line(tmp_path, case, message):
     elif case == "no_classes":
         (root / "train").mkdir(parents=True)
         (root / "val").mkdir()
+    elif case == "one_class":
+        _write_folder(root, classes_train=("cat",), classes_val=("cat",), per_class=2)
     with pytest.raises(EfnasError, match=message) as info:
         load_data(f"imagefolder:{root}", 16)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_corrupt_image_is_one_line_naming_the_file(tmp_path, workers):
+    _write_folder(tmp_path, per_class=2)
+    broken = tmp_path / "train" / "dog" / "1.png"
+    broken.write_bytes(b"\x89PNG but not really")
+    data = load_data(f"imagefolder:{tmp_path}", 16, workers=workers)
+    with pytest.raises(EfnasError) as info:
+        _batches(data, 0, 2, seed=0)
+    # With a worker process, the DataLoader puts the worker's whole traceback in front of it.
+    assert str(info.value).startswith(f"cannot read image {broken}: ")
+    assert "Traceback" not in str(info.value) and "worker" not in str(info.value)
+
+
+def test_image_folders_leave_the_global_rng_untouched(tmp_path):
+    _write_folder(tmp_path, per_class=2)
+    data = load_data(f"imagefolder:{tmp_path}", 16)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    _batches(data, 0, 2, seed=0)
+    list(data.val_batches(2))
+    assert torch.equal(torch.rand(3), expected)
 
 
 @pytest.mark.parametrize(

@@ -7,13 +7,10 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -48,7 +45,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 # Small, fast scoring: a fixed 128-image validation subset and one calibration batch.
 QUICK = dict(val_subset=128, calib_batches=1, batch_size=32, threads=1)
 QUICK_ARGS = ["--val-subset", "128", "--calib-batches", "1", "--batch-size", "32", "--threads", "1", "--no-progress"]
-PG_BIN = Path("/usr/lib/postgresql")
 
 
 @pytest.fixture(scope="session")
@@ -335,52 +331,6 @@ def test_two_processes_share_one_sqlite_study(trained_tiny_supernet, tiny_space,
     bests = [json.loads((tmp_path / f"worker{i}" / "best.json").read_text()) for i in range(2)]
     assert bests[0]["arch"] == bests[1]["arch"]
     assert all(r.state == "COMPLETE" for r in records)
-
-
-def _pg_bin(name: str) -> Path | None:
-    found = sorted(PG_BIN.glob(f"*/bin/{name}"))  # Debian keeps the server tools off PATH
-    if found:
-        return found[-1]
-    on_path = shutil.which(name)
-    return Path(on_path) if on_path else None
-
-
-@pytest.fixture
-def postgres_url():
-    """A throwaway PostgreSQL cluster on a free port (as the 'postgres' user when run as root,
-    since the server refuses to run as root)."""
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if initdb is None or pg_ctl is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed; .ci/run installs them")
-    folder = Path(tempfile.mkdtemp(prefix="efnas-pg-"))
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        user = "postgres" if _user_exists("postgres") else "nobody"
-        shutil.chown(folder, user)
-        prefix = ["runuser", "-u", user, "--"]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    data = folder / "data"
-    subprocess.run([*prefix, str(initdb), "-D", str(data), "--auth=trust", "-U", "efnas"], check=True, capture_output=True)
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*prefix, str(pg_ctl), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"], check=True, capture_output=True)
-    try:
-        subprocess.run([str(initdb.parent / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "efnas", "efnas"], check=True, capture_output=True)
-        yield f"postgresql://efnas@127.0.0.1:{port}/efnas"
-    finally:
-        subprocess.run([*prefix, str(pg_ctl), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _user_exists(name: str) -> bool:
-    import pwd
-
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
 
 
 # Each round, every process waits at the same file and then joins study race<round> at once.
