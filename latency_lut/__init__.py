@@ -15,6 +15,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from supernet.errors import ConfigError
 from supernet.space import SearchSpace
 
 from latency_lut._backends import BACKENDS, ONNX_OPSET, Backend, get_backend, onnx_bytes
@@ -24,7 +25,7 @@ from latency_lut._check import CheckConfig, CheckReport, check_lut, check_specs,
 from latency_lut._fastest import fastest_subnet
 from latency_lut._health import Staleness, assess_quality, check_staleness, quality_warning, staleness_warning
 from latency_lut._keys import CATEGORIES, OpUnit, PlacedUnit, category_of, op_keys, op_units, parse_key, space_keys, space_units
-from latency_lut._measure import CONTEXTS, STATISTICS, Timing, measure_model, time_models
+from latency_lut._measure import CONTEXTS, MAX_BATCH, STATISTICS, Timing, check_batch, measure_model, time_models
 from latency_lut._recalibrate import RecalibrationResult, recalibrate_here
 from latency_lut._stats import PredictionStats, linear_fit, prediction_stats
 from latency_lut._table import LatencyTable, load_lut, predict_ms, save_lut
@@ -33,6 +34,7 @@ __all__ = [
     "BACKENDS",
     "CATEGORIES",
     "CONTEXTS",
+    "MAX_BATCH",
     "ONNX_OPSET",
     "STATISTICS",
     "Backend",
@@ -88,10 +90,13 @@ def shipped_tables() -> list[Path]:
     return sorted(p for p in folder.glob("*.json") if not p.name.endswith(".check.json"))
 
 
-def shipped_lut(space: SearchSpace, backend: str = "onnxruntime", threads: int = 1) -> Path | None:
-    """The shipped table for ``space`` (matched by fingerprint) on ``backend`` at ``threads``, or
-    None. Its latencies are those of the machine it was measured on (``meta.device``); calibrate
-    or rebuild for another machine."""
+def shipped_lut(space: SearchSpace, backend: str = "onnxruntime", threads: int = 1, *, batch: int = 1) -> Path | None:
+    """The shipped table for ``space`` (matched by fingerprint) on ``backend`` at ``threads`` and
+    ``batch`` images per call, or None. Its latencies are those of the machine it was measured on
+    (``meta.device``); recalibrate or rebuild for another machine."""
+    check_batch(batch)
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
+        raise ConfigError("threads", f"must be a non-negative integer, got {threads!r}")
     for path in shipped_tables():
         try:
             meta = json.loads(path.read_text()).get("meta", {})
@@ -101,6 +106,7 @@ def shipped_lut(space: SearchSpace, backend: str = "onnxruntime", threads: int =
             meta.get("space", {}).get("fingerprint") == space.fingerprint()
             and meta.get("backend") == backend
             and meta.get("threads") == threads
+            and meta.get("batch", 1) == batch
         ):
             return path
     return None

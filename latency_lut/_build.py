@@ -12,6 +12,10 @@ each group of calibration networks, and a build started on an existing table mea
 it lacks. Keys added to a finished table (a head for another class count) never re-price its
 existing entries or its per-call overhead; the calibration is fitted again at the end, and the
 table's quality (``meta.quality``) judged again.
+
+Threads and batch are dimensions of a table (``meta.threads``, ``meta.batch``): every unit, every
+calibration network and the reference network are timed at the config's thread count on inputs of
+its batch, and a build never mixes settings within one table.
 """
 
 from __future__ import annotations
@@ -29,14 +33,14 @@ from torch import nn
 from rich.progress import Progress
 
 from supernet.errors import ConfigError, EfnasError
-from supernet.io import console, cpu_model, progress_bar, provenance
+from supernet.io import console, cpu_model, live_progress, progress_bar, provenance
 from supernet.space import ArchSpec, SearchSpace
 
 from latency_lut._backends import Backend, get_backend
 from latency_lut._calibration import CalibrationModel, fit_calibration
 from latency_lut._health import assess_quality, reference_record, staleness_warning
 from latency_lut._keys import OpUnit, parse_key, space_units
-from latency_lut._measure import CONTEXTS, STATISTICS, Timing, seeded_weights, time_models, time_units
+from latency_lut._measure import CONTEXTS, STATISTICS, Timing, check_batch, seeded_weights, time_models, time_units
 from latency_lut._table import LatencyTable, load_lut, save_lut
 
 __all__ = ["BuildConfig", "BuildResult", "build_lut", "calibration_specs", "recalibrate"]
@@ -50,7 +54,8 @@ class BuildConfig:
     """How a table is measured. The defaults are what the shipped tables used."""
 
     backend: str = "onnxruntime"
-    threads: int = 1
+    threads: int = 1  # intra-op threads of the backend, for units and networks alike
+    batch: int = 1  # images per call: every unit and network is timed on inputs of this batch
     statistic: str = "p10"  # what entries and predictions stand for: "p10" or "median" of the runs
     rounds: int = 30  # timed runs per unit, one per round, interleaved across the units of a group
     warmup: int = 2  # untimed runs per unit before the timed rounds
@@ -75,6 +80,7 @@ class BuildConfig:
         for name in ("warmup", "retries", "calibration_samples"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be at least 0, got {getattr(self, name)}")
+        check_batch(self.batch)
         if self.min_group_seconds < 0:
             raise ConfigError("min_group_seconds", f"must be at least 0, got {self.min_group_seconds}")
         if self.max_spread <= 0:
@@ -120,7 +126,7 @@ def _new_meta(space: SearchSpace, space_arg: str, config: BuildConfig, engine: B
         "backend": engine.name,
         "backend_details": engine.details(),
         "precision": engine.precision,
-        "batch": 1,
+        "batch": config.batch,
         "threads": config.threads,
         "resolution": space.resolution,
         "space": {
@@ -155,15 +161,15 @@ def _new_meta(space: SearchSpace, space_arg: str, config: BuildConfig, engine: B
     }
 
 
-def _check_resumable(table: LatencyTable, space: SearchSpace, engine: Backend, out: Path) -> None:
+def _check_resumable(table: LatencyTable, space: SearchSpace, engine: Backend, batch: int, out: Path) -> None:
     meta = table.meta
     table.check_space(space)
     if meta["source"] != "measured":
         raise EfnasError(f"{out} is an imported table; build into another file with --out")
-    if meta["backend"] != engine.name or meta["threads"] != engine.threads:
+    if meta["backend"] != engine.name or meta["threads"] != engine.threads or table.batch != batch:
         raise EfnasError(
-            f"{out} was measured with {meta['backend']} at {meta['threads']} thread(s), not "
-            f"{engine.name} at {engine.threads}; choose another --out or the same settings"
+            f"{out} was measured with {meta['backend']} at {meta['threads']} thread(s) and batch {table.batch}, not "
+            f"{engine.name} at {engine.threads} and batch {batch}; choose another --out or the same settings"
         )
 
 
@@ -207,10 +213,10 @@ class _Build:
         for unit in units:
             with seeded_weights(self.rng.randrange(2**31)):
                 module = unit.build()
-            runners[unit.key] = self.engine.prepare(module, unit.input_shape(), seed=self.rng.randrange(2**31))
+            runners[unit.key] = self.engine.prepare(module, unit.input_shape(self.table.batch), seed=self.rng.randrange(2**31))
             progress.advance(task, 0.5)
         # A unit that does (almost) nothing, timed with the others: the fixed cost of one call.
-        runners[NULL_KEY] = self.engine.prepare(nn.ReLU(), (1, 1))
+        runners[NULL_KEY] = self.engine.prepare(nn.ReLU(), (self.table.batch, 1))
         contexts = CONTEXTS if self.context is None else (self.context,)
         per_round = 0.5 * len(units) / self.config.rounds
         samples = time_units(
@@ -278,10 +284,10 @@ def build_lut(
     engine = get_backend(config.backend, config.threads)
     if out.exists():
         table = load_lut(out)
-        _check_resumable(table, space, engine, out)
+        _check_resumable(table, space, engine, config.batch, out)
     else:
         table = LatencyTable(_new_meta(space, space_arg or space.name, config, engine), path=out)
-    bar = show_progress and console.is_terminal
+    bar = show_progress and live_progress()
     run = _Build(table, engine, config, out, started + 60 * config.max_minutes if config.max_minutes else None, bar)
     units = space_units(space)
     todo = [unit for key, unit in units.items() if key not in table.entries]
@@ -372,6 +378,7 @@ def _calibrate(run: _Build, space: SearchSpace, progress: Progress, refit: bool)
             config.seed,
             (progress, task),
             min_seconds=config.min_group_seconds,
+            batch=table.batch,
         )
         for name, spec in group:
             done[name] = CalibrationModel(name=name, arch=spec.to_dict(), **asdict(timings[name])).to_dict()
@@ -394,7 +401,7 @@ def _judge(run: _Build, space: SearchSpace) -> None:
     table = run.table
     if table.meta.get("reference") is None:
         smallest = space.with_num_classes(table.meta["space"]["num_classes"]).smallest()
-        table.meta["reference"] = reference_record(run.engine, smallest)
+        table.meta["reference"] = reference_record(run.engine, smallest, batch=table.batch)
     table.meta["quality"] = assess_quality(table)
     run.save()
 

@@ -1,7 +1,8 @@
 """``lut check``: measure networks end to end and compare with the table's predictions.
 
 The networks are the space's presets plus random subnets (never the table's calibration networks,
-so every number is held out). Measurements are saved as they are made; a check that is stopped
+so every number is held out), timed as the table was measured: on its backend, at its threads and
+on inputs of its batch. Measurements are saved as they are made; a check that is stopped
 resumes, and its measurements can be reused against another table of the same device and backend.
 """
 
@@ -11,7 +12,7 @@ import io
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,7 @@ class CheckReport:
     complete: bool
     seconds: float
     provenance: dict[str, Any]
+    measurement: dict[str, Any] = field(default_factory=dict)  # how this check timed: backend, threads, batch, clock
 
     def stats(self, calibrated: bool = True, names: set[str] | None = None) -> PredictionStats:
         rows = [row for row in self.rows if names is None or row["name"] in names]
@@ -91,9 +93,10 @@ class CheckReport:
             "complete": self.complete,
             "statistic": self.statistic,
             "lut": {
-                name: self.lut_meta.get(name)
+                name: self.lut_meta.get(name, 1 if name == "batch" else None)
                 for name in ("device", "backend", "precision", "threads", "batch", "resolution", "space", "provenance")
             },
+            "measurement": self.measurement,
             "seconds": round(self.seconds, 1),
             "provenance": self.provenance,
             "rows": self.rows,
@@ -106,7 +109,7 @@ class CheckReport:
 
 def _unfinished(path: Path | None, lut: LatencyTable) -> tuple[dict[str, dict[str, Any]], float]:
     """Rows (by architecture JSON) and seconds of an earlier, unfinished check with the same
-    backend, threads and machine."""
+    backend, threads, batch and machine."""
     if path is None or not path.exists():
         return {}, 0.0
     try:
@@ -116,7 +119,8 @@ def _unfinished(path: Path | None, lut: LatencyTable) -> tuple[dict[str, dict[st
     if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("complete"):
         return {}, 0.0
     earlier = data.get("lut", {})
-    same = all(earlier.get(name) == lut.meta.get(name) for name in ("backend", "threads", "batch", "resolution"))
+    here = {"backend": lut.backend, "threads": lut.threads, "batch": lut.batch, "resolution": lut.meta.get("resolution")}
+    same = all(earlier.get(name, 1 if name == "batch" else None) == value for name, value in here.items())
     host = (data.get("provenance") or {}).get("machine", {}).get("hostname")
     if not same or host != provenance()["machine"]["hostname"]:
         return {}, 0.0
@@ -141,7 +145,7 @@ def check_lut(
             "on this machine, so it can only check tables measured here"
         )
     out = Path(out) if out else None
-    engine = get_backend(lut.backend, lut.meta["threads"])
+    engine = get_backend(lut.backend, lut.threads)
     statistic = lut.meta.get("statistic", "median")
     specs = check_specs(space.with_num_classes(lut.meta["space"].get("num_classes", space.num_classes)), lut, config.samples, config.seed)
     for _, spec in specs:
@@ -161,7 +165,8 @@ def check_lut(
     deadline = started + 60 * config.max_minutes if config.max_minutes else None
     rng = random.Random(f"check-order-{config.seed}")
     complete = True
-    report = CheckReport(lut.meta, rows, statistic, False, 0.0, provenance())
+    measurement = {"backend": engine.name, "threads": engine.threads, "batch": lut.batch, "clock": engine.clock}
+    report = CheckReport(lut.meta, rows, statistic, False, 0.0, provenance(), measurement)
     with engine.session(), progress_bar() as progress:
         task = progress.add_task("measuring networks", total=len(todo))
         for start in range(0, len(todo), config.group_size):
@@ -170,7 +175,8 @@ def check_lut(
                 break
             group = todo[start : start + config.group_size]
             timings = time_models(
-                engine, group, config.rounds, config.runs, rng, progress=(progress, task), min_seconds=config.min_group_seconds
+                engine, group, config.rounds, config.runs, rng, progress=(progress, task), min_seconds=config.min_group_seconds,
+                batch=lut.batch,
             )
             rows.extend(_row(name, spec, lut, timings[name], name in presets) for name, spec in group)
             report.seconds = spent + time.monotonic() - started

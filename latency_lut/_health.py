@@ -8,7 +8,7 @@ tables with 8-13% leave-one-out error and a stem or head scale of 0); the build 
 verdict in ``meta.quality`` and :func:`quality_warning` says it in one line.
 
 **Staleness**: a table records the CPU (or GPU) it was measured on and the time of one fixed small
-network on it, the space's smallest (``meta.reference``). Timing that network again here takes a
+network on it, the space's smallest, at the table's batch (``meta.reference``). Timing that network again here takes a
 few hundred milliseconds; when it runs faster or slower than recorded by more than the table's
 own error, the table's numbers are not this machine's (machines sold under one CPU name differ
 by 1.6x). Tables made before the record existed use their fastest calibration network instead.
@@ -122,7 +122,7 @@ def quality_warning(table: LatencyTable) -> str | None:
                "--calibration-samples 24) and import again")
     else:
         fix = (f"rebuild it on a quiet machine with more calibration networks: efnas lut build --space "
-               f"{space.get('source') or space['name']} --backend {table.backend} --threads {table.meta['threads']} "
+               f"{space.get('source') or space['name']} {' '.join(table.measure_args())} "
                f"--calibration-samples 24 --out {suggested_out(table.path, '-rebuilt')}")
     return f"latency table {where} may mispredict: {'; '.join(problems)}; {fix}"
 
@@ -135,21 +135,22 @@ def hardware_name(backend: str) -> str:
     return torch.cuda.get_device_name() if backend == "torch-cuda" else cpu_model()
 
 
-def _time_reference(engine: Backend, spec: ArchSpec) -> Timing:
+def _time_reference(engine: Backend, spec: ArchSpec, batch: int) -> Timing:
     with engine.session():
         timings = time_models(
-            engine, [("reference", spec)], REFERENCE_ROUNDS, REFERENCE_RUNS, random.Random(0), min_seconds=REFERENCE_SECONDS
+            engine, [("reference", spec)], REFERENCE_ROUNDS, REFERENCE_RUNS, random.Random(0), min_seconds=REFERENCE_SECONDS,
+            batch=batch,
         )
     return timings["reference"]
 
 
 def reference_record(
-    engine: Backend, spec: ArchSpec, timing: Timing | None = None, *, name: str = "smallest network"
+    engine: Backend, spec: ArchSpec, timing: Timing | None = None, *, batch: int, name: str = "smallest network"
 ) -> dict[str, Any]:
-    """``meta.reference`` for a table measured with ``engine``: ``spec`` (the space's smallest
-    network) timed here, or ``timing`` when it was just measured anyway."""
-    timing = timing or _time_reference(engine, spec)
-    return {"name": name, "arch": spec.to_dict(), "hardware": hardware_name(engine.name), **timing.to_dict()}
+    """``meta.reference`` for a table measured with ``engine`` at ``batch``: ``spec`` (the space's
+    smallest network) timed here, or ``timing`` when it was just measured anyway (at that batch)."""
+    timing = timing or _time_reference(engine, spec, batch)
+    return {"name": name, "arch": spec.to_dict(), "hardware": hardware_name(engine.name), "batch": batch, **timing.to_dict()}
 
 
 def runs_here(table: LatencyTable) -> bool:
@@ -214,10 +215,10 @@ def check_staleness(table: LatencyTable) -> Staleness | None:
     here = hardware_name(table.backend)
     if spec is None or recorded is None:
         return Staleness(hardware, here, None, None, None, limit)
-    engine = get_backend(table.backend, table.meta["threads"])
-    measured = _time_reference(engine, spec).value(table.statistic)
+    engine = get_backend(table.backend, table.threads)
+    measured = _time_reference(engine, spec, table.batch).value(table.statistic)
     if abs(measured / recorded - 1) * 100 > limit:
-        again = _time_reference(engine, spec).value(table.statistic)
+        again = _time_reference(engine, spec, table.batch).value(table.statistic)
         measured = min(measured, again, key=lambda value: abs(value / recorded - 1))
     return Staleness(hardware, here, reference, recorded, measured, limit)
 
@@ -237,7 +238,7 @@ def staleness_warning(table: LatencyTable, *, copy_to: str | None = None) -> str
         return (
             f"latency table {where} was measured on {result.table_hardware}, this machine is {result.here_hardware}, and "
             f"the table holds no reference timing to compare; build one here: efnas lut build --space "
-            f"{space.get('source') or space['name']} --backend {table.backend} --threads {table.meta['threads']} --out {out}"
+            f"{space.get('source') or space['name']} {' '.join(table.measure_args())} --out {out}"
         )
     return (
         f"latency table {where} does not describe this machine: its {result.reference} took {result.recorded_ms:.4g} ms "

@@ -24,20 +24,31 @@ import numpy as np
 import torch
 from torch import nn
 
+from supernet.errors import ConfigError
 from supernet.model import build_model
 from supernet.space import ArchSpec
 
 from latency_lut._backends import Backend, Runner, get_backend
 
-__all__ = ["CONTEXTS", "STATISTICS", "Timing", "measure_model", "seeded_weights", "time_models", "time_units"]
+__all__ = ["CONTEXTS", "MAX_BATCH", "STATISTICS", "Timing", "check_batch", "measure_model", "seeded_weights", "time_models", "time_units"]
 
 #: The statistics a table can predict. ``p10`` estimates the latency on an undisturbed machine
 #: (contention from other processes only ever adds time); ``median`` is what most tools report.
 STATISTICS = ("p10", "median")
+#: The largest batch a table or a measurement takes: a v1 stem's output alone at batch 1024 is
+#: 1.2 GB, and serving batches are far smaller.
+MAX_BATCH = 1024
 #: How a unit is timed: ``cold``, the first run after other units ran (its weights pushed out of
 #: the cache, as in a network larger than the cache), or ``warm``, a second run right after the
 #: first (as in a network that fits in the cache).
 CONTEXTS = ("cold", "warm")
+
+
+def check_batch(batch: int) -> int:
+    """``batch`` if it is a batch size a table can be measured at, else a one-line :class:`ConfigError`."""
+    if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= MAX_BATCH:
+        raise ConfigError("batch", f"must be an integer from 1 to {MAX_BATCH}, got {batch!r}")
+    return batch
 
 
 @dataclass(frozen=True)
@@ -189,14 +200,18 @@ def time_models(
     seed: int = 0,
     progress: tuple[Any, Any] | None = None,
     min_seconds: float = 0.0,
+    *,
+    batch: int = 1,
 ) -> dict[str, Timing]:
-    """End-to-end timings of ``build_model(spec)`` for a group of networks, interleaved: at
-    least ``rounds`` rounds, more for small networks while under ``min_seconds``."""
+    """End-to-end timings of ``build_model(spec)`` for a group of networks on inputs of ``batch``
+    images, interleaved: at least ``rounds`` rounds, more for small networks while under
+    ``min_seconds``. A timing is of one call: the whole batch, not one image of it."""
+    check_batch(batch)
     runners = {}
     for name, spec in specs:
         with seeded_weights(seed):
             model = build_model(spec)
-        runners[name] = engine.prepare(model, (1, 3, spec.resolution, spec.resolution), seed=seed)
+        runners[name] = engine.prepare(model, (batch, 3, spec.resolution, spec.resolution), seed=seed)
     step = None
     if progress is not None:
         bar, task = progress
@@ -214,9 +229,11 @@ def measure_model(
     runs: int = 3,
     min_seconds: float = 0.0,
     input_shape: tuple[int, ...] | None = None,
+    batch: int = 1,
     seed: int = 0,
 ) -> Timing:
-    """End-to-end latency of a model (or of ``build_model(spec)``) at batch 1 on ``backend``,
+    """End-to-end latency of a model (or of ``build_model(spec)``) on ``batch`` images per call
+    (ignored with ``input_shape``, whose first dimension is the batch) on ``backend``,
     measured as ``lut check`` measures networks: ``rounds`` visits (more for a small model, until
     ``min_seconds``) of one untimed and ``runs`` timed inferences, on the backend's clock (thread
     CPU time at one thread, else wall time).
@@ -228,10 +245,11 @@ def measure_model(
     else:
         model = model_or_spec
         spec = getattr(model, "spec", None)
+    check_batch(batch)
     if input_shape is None:
         if not isinstance(spec, ArchSpec):
             raise ValueError("measure_model needs input_shape for a model without a .spec")
-        input_shape = (1, 3, spec.resolution, spec.resolution)
+        input_shape = (batch, 3, spec.resolution, spec.resolution)
     engine = backend if isinstance(backend, Backend) else get_backend(backend, threads)
     with engine.session():
         runner = engine.prepare(model, input_shape, seed=seed)

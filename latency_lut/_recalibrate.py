@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from supernet.errors import ConfigError, EfnasError
-from supernet.io import console, progress_bar, provenance
+from supernet.io import progress_bar, provenance
 from supernet.space import ArchSpec, load_space
 
 from latency_lut._backends import Backend, get_backend
@@ -83,7 +83,7 @@ def _unit_ratio(table: LatencyTable, engine: Backend, spec: ArchSpec) -> dict[st
     for key, unit in units.items():
         with seeded_weights(rng.randrange(2**31)):
             module = unit.build()
-        runners[key] = engine.prepare(module, unit.input_shape(), seed=rng.randrange(2**31))
+        runners[key] = engine.prepare(module, unit.input_shape(table.batch), seed=rng.randrange(2**31))
     context = table.meta.get("measurement", {}).get("context") or "cold"
     samples = time_units(runners, engine.timer(), UNIT_ROUNDS, 2, rng, (context,))[context]
     here: dict[str, float] = {}
@@ -127,18 +127,20 @@ def recalibrate_here(
     networks = _networks(table, samples)
     _, reference_name, reference_spec, _ = recorded_reference(table)
     assert reference_spec is not None and reference_name is not None  # a calibrated table always has one
-    engine = get_backend(table.backend, table.meta["threads"])
+    engine = get_backend(table.backend, table.threads)
     timings: dict[str, Timing] = {}
     rng = random.Random("recalibrate")
-    with engine.session(), progress_bar(show=show_progress and console.is_terminal) as progress:
+    with engine.session(), progress_bar(show=show_progress) as progress:
         task = progress.add_task("timing calibration networks here", total=len(networks))
         for start in range(0, len(networks), MODEL_GROUP):
             group = networks[start : start + MODEL_GROUP]
-            timings.update(time_models(engine, group, rounds, runs, rng, 0, (progress, task), min_seconds=min_group_seconds))
+            timings.update(
+                time_models(engine, group, rounds, runs, rng, 0, (progress, task), min_seconds=min_group_seconds, batch=table.batch)
+            )
         ratio = _unit_ratio(table, engine, reference_spec)
         # The reference is usually a calibration network too (the space's smallest): timed already.
         timed = next((timings[name] for name, spec in networks if spec == reference_spec), None)
-        reference = reference_record(engine, reference_spec, timed, name=reference_name)
+        reference = reference_record(engine, reference_spec, timed, batch=table.batch, name=reference_name)
     return _finish(table, out, networks, timings, reference, ratio, samples, time.monotonic() - started)
 
 

@@ -2,7 +2,8 @@
 
 A table is ``meta`` (device, backend, precision, batch, threads, resolution, the space it belongs
 to, provenance, how it was made, the calibration) and ``entries`` (key -> median ms, p10/p90
-spread, number of timed runs). The file is written with one entry per line, so a person can read
+spread, number of timed runs). Entries and predictions are milliseconds per call on a batch of
+``meta.batch`` images (a file without ``batch``, from before it was recorded, means 1). The file is written with one entry per line, so a person can read
 it, diff it and edit it.
 """
 
@@ -31,7 +32,6 @@ _META_REQUIRED = {
     "device": str,
     "backend": str,
     "precision": str,
-    "batch": int,
     "threads": int,
     "resolution": int,
     "space": dict,
@@ -42,6 +42,8 @@ SOURCES = ("measured", "imported")
 #: listing it unit by unit would take memory without end.
 MAX_BLOCKS = 1000
 _KIND_NAMES = {str: "a string", int: "an integer", dict: "an object"}
+#: Optional fields of ``meta`` and what their absence means.
+_META_DEFAULTS = {"batch": 1}
 
 
 class LatencyTable:
@@ -62,6 +64,16 @@ class LatencyTable:
     @property
     def backend(self) -> str:
         return self.meta["backend"]
+
+    @property
+    def threads(self) -> int:
+        """Intra-op threads the table was measured with (0: the runtime chose, as Core ML does)."""
+        return int(self.meta["threads"])
+
+    @property
+    def batch(self) -> int:
+        """Images per call the table was measured on: its entries and predictions are ms per batch."""
+        return int(self.meta.get("batch", 1))
 
     @property
     def statistic(self) -> str:
@@ -86,11 +98,23 @@ class LatencyTable:
     def describe(self) -> str:
         """One line: device, backend, threads, batch, space."""
         space = self.meta["space"]
+        threads = "threads chosen by the runtime" if self.threads == 0 else f"{self.threads} thread(s)"
         return (
-            f"{self.meta['device']}, {self.backend} {self.meta['precision']}, {self.meta['threads']} thread(s), "
-            f"batch {self.meta['batch']}, space '{space['name']}' ({space['fingerprint']}) at "
+            f"{self.meta['device']}, {self.backend} {self.meta['precision']}, {threads}, "
+            f"batch {self.batch}, space '{space['name']}' ({space['fingerprint']}) at "
             f"{self.meta['resolution']}x{self.meta['resolution']}"
         )
+
+    def measure_args(self) -> list[str]:
+        """The ``lut build`` flags that measure as this table was: backend, threads, and the batch
+        when it is not 1."""
+        args = ["--backend", self.backend, "--threads", str(self.threads)]
+        return args + (["--batch", str(self.batch)] if self.batch != 1 else [])
+
+    def default_name(self, space_name: str) -> str:
+        """A file name for a table of ``space_name`` measured as this one was."""
+        batch = f"-batch{self.batch}" if self.batch != 1 else ""
+        return f"{space_name}_{self.backend}-{self.threads}thread{batch}.json"
 
     def check_space(self, space: SearchSpace, *, space_arg: str | None = None, copy_to: str | Path | None = None) -> None:
         """Raise a one-line :class:`EfnasError` if this table was made for another space.
@@ -103,9 +127,8 @@ class LatencyTable:
         if mine["fingerprint"] != space.fingerprint():
             if space_arg is None:
                 space_arg = space.name if space.name in builtin_space_names() else "SPACE_FILE"
-            out = copy_to or f"{space.name}_{self.backend}-{self.meta['threads']}thread.json"
-            args = ["efnas", "lut", "build", "--space", space_arg, "--backend", self.backend]
-            args += ["--threads", str(self.meta["threads"]), "--out", str(out)]
+            out = copy_to or self.default_name(space.name)
+            args = ["efnas", "lut", "build", "--space", space_arg, *self.measure_args(), "--out", str(out)]
             raise EfnasError(
                 f"latency table {self._where()} was made for space '{mine['name']}' (fingerprint "
                 f"{mine['fingerprint']}), not for space '{space.name}' (fingerprint {space.fingerprint()}); "
@@ -152,7 +175,7 @@ class LatencyTable:
         args = ["efnas", "lut", "build", "--space", space_arg or space.get("source") or space["name"]]
         if spec is not None and spec.num_classes != space.get("num_classes"):
             args += ["--num-classes", str(spec.num_classes)]
-        args += ["--backend", self.backend, "--threads", str(self.meta["threads"])]
+        args += self.measure_args()
         if self.path is None:
             return shlex.join([*args, "--out", str(copy_to or "TABLE.json")])
         if not in_installed_package(self.path):
@@ -302,7 +325,9 @@ def _check_entry(key: str, raw: Any, where: str) -> Timing:
 def _check_meta(meta: Any, where: str) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise EfnasError(f"{where}: 'meta' must be an object")
-    for name, kind in _META_REQUIRED.items():
+    for name, default in _META_DEFAULTS.items():
+        meta.setdefault(name, default)
+    for name, kind in {**_META_REQUIRED, "batch": int}.items():
         if name not in meta:
             raise EfnasError(f"{where}: meta is missing '{name}'")
         value = meta[name]

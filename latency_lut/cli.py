@@ -11,7 +11,7 @@ from rich.table import Table
 from supernet.cli import DocFormatter
 from supernet.cliconfig import ConfigFlags, Flag
 from supernet.errors import EfnasError
-from supernet.io import console
+from supernet.io import console, progress_lines
 from supernet.space import load_arch, load_space
 
 from latency_lut._table import in_installed_package
@@ -72,7 +72,9 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
             "Measure every latency unit of a search space (stem, embeddings, Meta4D, Flat, Meta3D, "
             "head at each width, resolution and MLP ratio the space allows) as a standalone module, "
             "interleaved in rounds with warm-up, then measure a few random networks end to end and fit "
-            "the calibration (a fixed overhead and one scale per block category). Progress is saved "
+            "the calibration (a fixed overhead and one scale per block category). Everything is timed at "
+            "--threads intra-op threads on inputs of --batch images, recorded in the table: a search with it "
+            "prices milliseconds per call on a batch of that size. Progress is saved "
             "after every group of units: a build that is stopped or killed resumes when run again "
             "with the same --out, and a build into an existing table measures only the keys it lacks "
             "(e.g. the head for another class count with --num-classes). Run it on a quiet machine."
@@ -83,7 +85,8 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
             "  efnas lut build --space tiny --out tiny.json\n"
             "  efnas lut build --space efficientformer-v1 --out v1-ort.json --max-minutes 9   # run again to go on\n"
             "  efnas lut build --space tiny --num-classes 10 --out tiny.json   # adds the 10-class head keys\n"
-            "  efnas lut build --space my_space.toml --backend torch --threads 4 --out mine.json\n\n"
+            "  efnas lut build --space my_space.toml --backend torch --threads 4 --out mine.json\n"
+            "  efnas lut build --space tiny --threads 2 --batch 8 --out tiny-2t-b8.json   # serving batches of 8 on 2 cores\n\n"
             "exit status: 0 when the table is complete, 3 when --max-minutes stopped it (run again), 2 on bad input"
         ),
     )
@@ -102,7 +105,9 @@ def build_flags() -> ConfigFlags:
 
     return ConfigFlags(BuildConfig, {
         "backend": Flag("where to measure (default: %(default)s)", choices=BACKENDS),
-        "threads": Flag("CPU threads of the backend (default: %(default)s)"),
+        "threads": Flag("intra-op CPU threads of the backend, for blocks and networks alike (default: %(default)s)"),
+        "batch": Flag("images per call: every block and network is timed on inputs of this batch, and the table's "
+                      "predictions are ms per batch (default: %(default)s)"),
         "num_classes": Flag("price the head for this class count instead of the space's"),
         "device": Flag("device name recorded in the table (default: the CPU or GPU model)"),
         "statistic": Flag("what entries and predictions stand for (default: %(default)s, the latency on an undisturbed machine)",
@@ -158,7 +163,8 @@ def _add_check(commands: argparse._SubParsersAction) -> None:
         "check",
         help="measure random subnets and the presets end to end and compare with the table's predictions",
         description=(
-            "Measure the space's presets and N random subnets end to end on the table's backend (none "
+            "Measure the space's presets and N random subnets end to end on the table's backend, at its "
+            "threads and on inputs of its batch (none "
             "of them a calibration network of the table) and print predicted vs measured: the share "
             "within ±5% and ±10%, mean absolute percentage error, worst case and Kendall's tau. The "
             "results go to a JSON file (saved as the check goes; a stopped check resumes) and a "
@@ -177,6 +183,7 @@ def _add_check(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--out", type=Path, help="results JSON (default: next to the table, NAME.check.json)")
     check.add_argument("--plot", type=Path, help="scatter plot PNG (default: next to the results, .png)")
     check_flags().add_arguments(check, names=("max_minutes",))
+    check.add_argument("--no-progress", action="store_true", help="log lines instead of a live progress bar")
     check.set_defaults(func=_run_check)
 
 
@@ -203,18 +210,21 @@ def _run_check(args: argparse.Namespace) -> int:
     out = args.out or args.lut.with_suffix(".check.json")
     plot = args.plot or out.with_suffix(".png")
     config, _ = check_flags().from_args(args)
-    report = check_lut(lut, space, config, out=out)
+    with progress_lines(enabled=args.no_progress):
+        report = check_lut(lut, space, config, out=out)
     if not report.complete:
         console.print(f"[yellow]stopped after --max-minutes with {len(report.rows)} network(s) measured; run again to continue[/]")
         return 3
     _print_check(report)
-    plot_check(report, plot, f"{space.name}: {lut.meta['device']}, {lut.backend}, {lut.meta['threads']} thread(s)")
+    plot_check(report, plot, f"{space.name}: {lut.meta['device']}, {lut.backend}, {lut.threads} thread(s), batch {lut.batch}")
     console.print(f"results: {out}\nplot: {plot}")
     return 0
 
 
 def _print_check(report) -> None:
-    table = Table(title=f"predicted vs measured ({report.statistic} of runs, ms)")
+    timed = report.measurement
+    table = Table(title=f"predicted vs measured ({report.statistic} of runs, ms per call on a batch of {timed['batch']}, "
+                        f"{timed['threads']} thread(s))")
     for column in ("network", "measured", "predicted", "error"):
         table.add_column(column, justify="left" if column == "network" else "right")
     for row in report.rows:
@@ -294,7 +304,8 @@ def _run_recalibrate(args: argparse.Namespace) -> int:
     from latency_lut._recalibrate import recalibrate_here
     from latency_lut._table import load_lut
 
-    result = recalibrate_here(load_lut(args.table), args.out, samples=args.samples, rounds=args.rounds, show_progress=not args.no_progress)
+    with progress_lines(enabled=args.no_progress):
+        result = recalibrate_here(load_lut(args.table), args.out, samples=args.samples, rounds=args.rounds)
     table = result.table
     ratio = ", ".join(f"{name} {value:.2f}x" for name, value in table.meta["recalibration"]["unit_ratio"].items())
     console.print(f"{args.out}: calibrated for {table.meta['device']} on {result.networks} network(s) timed here in "
@@ -399,6 +410,8 @@ def _run_show(args: argparse.Namespace) -> int:
     meta = lut.meta
     console.print(f"[bold]{args.lut}[/]: {lut.describe()}")
     console.print(f"{len(lut.entries)} unit(s), {meta['source']}, entries are the {lut.statistic} of the runs")
+    console.print(f"entries and predictions are ms per call on a batch of {lut.batch} image(s)"
+                  + (f" (divide by {lut.batch} for the throughput cost of one image)" if lut.batch > 1 else ""))
     prov = meta.get("provenance") or {}
     if prov:
         console.print(f"made {prov.get('date')} on {prov.get('machine', {}).get('hostname')} by: {prov.get('command')}")
@@ -420,7 +433,8 @@ def _run_show(args: argparse.Namespace) -> int:
         value = entry.value(lut.statistic) if entry else None
         table.add_row(key, str(count), f"{value:.4f}" if entry else "[red]missing[/]", f"{value * count:.4f}" if entry else "")
     console.print(table)
-    console.print(f"sum {lut.predict_ms(spec, calibrated=False):.3f} ms; predicted (calibrated) {lut.predict_ms(spec):.3f} ms")
+    per = f" per batch of {lut.batch}" if lut.batch > 1 else ""
+    console.print(f"sum {lut.predict_ms(spec, calibrated=False):.3f} ms; predicted (calibrated) {lut.predict_ms(spec):.3f} ms{per}")
     return 0
 
 

@@ -7,6 +7,7 @@ import argparse
 from nas.demo import TABLE_CHOICES, DemoConfig
 from supernet.cli import DocFormatter
 from supernet.cliconfig import ConfigFlags, Flag
+from supernet.io import progress_lines
 
 __all__ = ["DEMO_FLAGS", "register"]
 
@@ -51,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     DEMO_FLAGS.add_arguments(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no live progress bar: log lines instead, as when the output is not a terminal")
     parser.set_defaults(func=_run)
 
 
@@ -59,5 +60,6 @@ def _run(args: argparse.Namespace) -> int:
     from nas.demo import run_demo
 
     config, _ = DEMO_FLAGS.from_args(args)
-    run_demo(config, show_progress=not args.no_progress)
+    with progress_lines(enabled=args.no_progress):
+        run_demo(config)
     return 0

@@ -8,7 +8,7 @@ from rich.table import Table
 
 from supernet.cli import DocFormatter
 from supernet.cliconfig import ConfigFlags, Flag
-from supernet.io import console
+from supernet.io import console, progress_lines
 
 from nas._model_card import human_size
 from nas.export import FORMATS, ExportConfig, ExportResult, export_subnet
@@ -106,13 +106,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     EXPORT_FLAGS.add_arguments(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no live progress bar: log lines instead, as when the output is not a terminal")
     parser.set_defaults(func=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
     config, _ = EXPORT_FLAGS.from_args(args)
-    result = export_subnet(config, show_progress=not args.no_progress)
+    with progress_lines(enabled=args.no_progress):
+        result = export_subnet(config)
     print_summary(result)
     return 0
 

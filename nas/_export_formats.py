@@ -35,7 +35,7 @@ from torch import nn
 
 from latency_lut import ONNX_OPSET, onnx_bytes
 from supernet.errors import EfnasError
-from supernet.data import IMAGEFOLDER_PREFIX, TaskData
+from supernet.data import IMAGEFOLDER_PREFIX, VAL_CROP_FRACTION, TaskData
 from supernet.io import tool_version
 from supernet.model import EfficientFormer, build_model
 from supernet.space import ArchSpec, load_space
@@ -73,9 +73,6 @@ HUB_CONFIG = "config.json"  # written with model.safetensors: what timm.create_m
 COREML_PRECISIONS = ("fp16", "fp32")
 COREML_INPUTS = ("image", "tensor")
 _REQUIREMENTS = {"safetensors": ("safetensors",), "onnx": ("onnx", "onnxruntime"), "coreml": ("coremltools",)}
-# supernet.data's validation of an image folder resizes the shorter side to round(R / 0.875) and
-# centre-crops R (tests/test_export_ecosystem.py holds the two to each other, pixel for pixel).
-_IMAGEFOLDER_CROP = 0.875
 
 
 def _crop_fraction(resolution: int, resize: int) -> float:
@@ -109,7 +106,7 @@ class Preprocessing:
     def of(cls, data: TaskData, resolution: int) -> Preprocessing:
         """The transform ``data``'s validation split applies: an image folder is resized and
         centre-cropped; the embedded digit tasks are rendered at the input size (crop_pct 1)."""
-        resize = round(resolution / _IMAGEFOLDER_CROP) if data.name.startswith(IMAGEFOLDER_PREFIX) else resolution
+        resize = round(resolution / VAL_CROP_FRACTION) if data.name.startswith(IMAGEFOLDER_PREFIX) else resolution
         return cls(resolution, tuple(data.mean), tuple(data.std), tuple(data.class_names), resize)
 
     @property

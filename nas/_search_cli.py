@@ -18,7 +18,7 @@ from nas.study import DEFAULT_TRIALS, STRATEGIES, SearchConfig, SearchResult, ru
 from supernet.cli import DocFormatter
 from supernet.cliconfig import ConfigFlags, Custom, Flag
 from supernet.errors import ConfigError
-from supernet.io import console
+from supernet.io import console, progress_lines
 
 __all__ = ["SEARCH_FLAGS", "print_result", "register_batch", "register_search"]
 
@@ -135,7 +135,7 @@ def register_search(subparsers: argparse._SubParsersAction) -> None:
         epilog=SEARCH_EXAMPLES,
     )
     SEARCH_FLAGS.add_arguments(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no live progress bar: a log line per tenth of --trials instead, as when the output is not a terminal")
     parser.set_defaults(func=_run_search)
 
 
@@ -145,7 +145,8 @@ NOT_FOUND_EXIT = 1  # the search ran but no architecture is under the budget (2:
 def _run_search(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(logging.WARNING)
     config, _ = SEARCH_FLAGS.from_args(args)
-    result = run_search(config, show_progress=not args.no_progress)
+    with progress_lines(enabled=args.no_progress):
+        result = run_search(config)
     print_result(result, top=config.top)
     return 0 if result.best is not None else NOT_FOUND_EXIT
 
@@ -209,14 +210,15 @@ def register_batch(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("file", type=Path, help="batch file (TOML)")
     parser.add_argument("--only", action="append", metavar="NAME", help="run only this search (repeatable)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no live progress bars: log lines instead, as when the output is not a terminal")
     parser.set_defaults(func=_run_batch)
 
 
 def _run_batch(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(logging.WARNING)
     batch = load_batch(args.file)
-    rows = run_batch(batch, only=args.only, show_progress=not args.no_progress)
+    with progress_lines(enabled=args.no_progress):
+        rows = run_batch(batch, only=args.only)
     console.print(summary_table(rows, title=f"Batch {args.file}"))
     console.print(f"wrote {batch.out / 'summary.json'} and {batch.out / 'summary.csv'}", soft_wrap=True)
     missing = [row.name for row in rows if row.status == "not found"]

@@ -8,7 +8,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import sqlite3
 import time
 import warnings
@@ -23,7 +22,7 @@ import sqlalchemy.exc
 
 from supernet.errors import EfnasError
 
-__all__ = ["HEARTBEAT_S", "StudyLock", "insert_study_system_attr", "masked_provenance", "open_storage", "safe_url", "sqlite_path", "storage_url"]
+__all__ = ["HEARTBEAT_S", "StudyLock", "insert_study_system_attr", "open_storage", "safe_url", "sqlite_path", "storage_url"]
 
 HEARTBEAT_S = 10  # Optuna heartbeat of running trials, for workers on other machines
 _GRACE_S = 60  # a trial without heartbeat for this long is failed
@@ -69,16 +68,6 @@ def safe_url(storage: str | Path) -> str:
         if not at or ":" not in credentials:
             return text
         return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
-
-
-_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]*(@)")
-
-
-def masked_provenance(record: dict[str, Any]) -> dict[str, Any]:
-    """A :func:`supernet.io.provenance` record whose ``command`` shows URL passwords as ``***``
-    (``--storage postgresql://user:pw@host/db`` is on the command line it records)."""
-    command = record.get("command")
-    return {**record, "command": _URL_PASSWORD.sub(r"\1***\2", command)} if isinstance(command, str) else record
 
 
 def _sqlite_connect(path: str) -> sqlite3.Connection:

@@ -9,6 +9,7 @@ of evaluations is exact and no architecture is evaluated twice, however many wor
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import time
@@ -27,6 +28,10 @@ _POLL_S = 0.2  # while waiting for another worker's trial
 # Same-host deaths are seen through /proc, which costs microseconds; the study is read anyway on
 # every poll. So a dead worker's trial is retried within about a second.
 _REAP_EVERY_S = 1.0
+# A live worker tags its trial with its identity within the sampler's time of creating it (well
+# under a second); a RUNNING trial still untagged after this long was made by a process that died
+# in between, and nothing else would ever fail it on a host without heartbeats.
+_ORPHAN_S = 30.0
 _JOINED = "efnas:worker:"  # study system attribute per worker that joined, suffixed by its index
 
 
@@ -151,7 +156,7 @@ class Worker:
 
     def _fail_and_retry(self) -> None:
         for t in self.trials((TrialState.RUNNING,)):
-            if self._died_here(t.user_attrs.get("worker")):
+            if self._died_here(t.user_attrs.get("worker")) or _orphaned(t):
                 trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, t.number)
                 try:
                     self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
@@ -177,3 +182,10 @@ class Worker:
         if not process or process.get("host") != self.identity["host"] or process.get("pid") == self.identity["pid"]:
             return False
         return not _alive(process)
+
+
+def _orphaned(trial: FrozenTrial) -> bool:
+    """A RUNNING trial whose creator died before it could tag the trial with its identity."""
+    if "worker" in trial.user_attrs or trial.datetime_start is None:
+        return False
+    return (datetime.datetime.now() - trial.datetime_start).total_seconds() > _ORPHAN_S

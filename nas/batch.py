@@ -19,7 +19,6 @@ from typing import Any
 
 from rich.table import Table
 
-from nas._storage import masked_provenance
 from nas.budget import budget_items, budget_requests, resolve_budgets
 from nas.evaluator import Evaluator
 from nas.study import SearchConfig, SearchResult, load_evaluator, run_search
@@ -215,7 +214,7 @@ def run_batch(batch: Batch, *, only: Sequence[str] | None = None, show_progress:
         c = entry.config
         evaluator = evaluators[(str(Path(c.supernet).resolve()), c.eval_config, c.data, c.device)]
         rows.append(_row(entry.name, run_search(c, evaluator=evaluator, show_progress=show_progress)))
-    atomic_write_json(batch.out / "summary.json", {"batch": str(batch.path), "searches": [r.to_dict() for r in rows], "provenance": masked_provenance(provenance())})
+    atomic_write_json(batch.out / "summary.json", {"batch": str(batch.path), "searches": [r.to_dict() for r in rows], "provenance": provenance()})
     atomic_write_text(batch.out / "summary.csv", _summary_csv(rows))
     return rows
 

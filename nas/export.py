@@ -355,6 +355,7 @@ def _predictions(luts: list[LatencyTable], spec: ArchSpec, run: Path, origin: st
             "device": lut.meta["device"],
             "backend": lut.backend,
             "threads": lut.meta["threads"],
+            "batch": lut.meta.get("batch", 1),
             "statistic": lut.statistic,
             "calibrated": lut.calibration is not None,
         }
@@ -374,7 +375,8 @@ def _measure(model: EfficientFormer, rounds: int, seed: int, predictions: list[d
     measured = {"device": device, "backend": "onnxruntime", "threads": 1, "clock": "thread-cpu", **timing.to_dict()}
     comparison = None
     for row in predictions:
-        if row["backend"] == "onnxruntime" and row["threads"] == 1 and row.get("predicted_ms"):
+        # The measurement is one image on one thread: only a table of the same kind compares with it.
+        if row["backend"] == "onnxruntime" and row["threads"] == 1 and row["batch"] == 1 and row.get("predicted_ms"):
             value = timing.value(row["statistic"])
             comparison = {
                 "table": row["path"],

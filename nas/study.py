@@ -37,7 +37,7 @@ from rich.progress import Progress
 from latency_lut import quality_warning, staleness_warning
 from nas._params import params_from_spec, suggest_spec
 from nas._slimming import SlimmingStep, slimming
-from nas._storage import masked_provenance, open_storage, safe_url, storage_url
+from nas._storage import open_storage, safe_url, storage_url
 from nas._workers import Worker
 from nas.budget import Budget, BudgetRequest, resolve_budgets
 from nas.evaluator import EvalConfig, Evaluator
@@ -569,6 +569,6 @@ def _write_results(result: SearchResult, config: SearchConfig, evaluator: Evalua
         "search": {**asdict(config), "storage": None if config.storage is None else safe_url(config.storage)},
         "slimming_path": result.slimming_path,
         "supernet_digest": identity["supernet"]["digest"],
-        "provenance": masked_provenance(provenance()),
+        "provenance": provenance(),
     })
     result.files.insert(0, best_path)

@@ -12,7 +12,7 @@ import textwrap
 from rich.table import Table
 
 from supernet.cliconfig import ConfigFlags, Flag
-from supernet.io import console
+from supernet.io import console, progress_lines
 from supernet.model import count_macs, count_params
 from supernet.space import builtin_space_names, load_space
 
@@ -90,7 +90,9 @@ _TRAIN_HELP = {
     "skip_validation": "never validate (no BN recalibration, no val top-1 in the checkpoint): the quickest way to a "
                        "checkpoint, e.g. --epochs 0 --init-from on a large validation set",
     "calib_batches": "training batches used to re-estimate BatchNorm statistics before each validation",
-    "workers": "data-loading worker processes (image folders only)",
+    "workers": "data-loading worker processes (image folders only; they stay up between epochs)",
+    "channels_last": "channels-last (NHWC) memory layout for the supernet and the batches: faster convolutions on GPUs",
+    "compile": "torch.compile each block of the supernet (dynamic shapes, a few graphs for all subnets; the first steps compile)",
     "device": "auto (CUDA when available), cpu or cuda; bf16 autocast on CUDA",
     "threads": "intra-op CPU threads (on a shared or busy machine, fewer threads than cores is much faster)",
 }
@@ -132,7 +134,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     )
     train_flags().add_arguments(parser)
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    parser.add_argument("--no-progress", action="store_true", help="no live progress bar: log lines instead, as when the output is not a terminal")
     parser.set_defaults(func=_run_train)
 
 
@@ -140,7 +142,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from supernet.train import train
 
     config, given = train_flags().from_args(args)
-    result = train(config, resume=args.resume, explicit=given, show_progress=not args.no_progress)
+    with progress_lines(enabled=args.no_progress):
+        result = train(config, resume=args.resume, explicit=given)
     if int(os.environ.get("RANK", "0")) == 0:
         metrics = result.metrics
         table = Table(title=f"Supernet of space '{result.space.name}' — {result.checkpoint}")

@@ -188,6 +188,15 @@ class Supernet(nn.Module):
         classes = spec.num_classes
         return (_linear(self.head, x, classes) + _linear(self.head_dist, x, classes)) / 2
 
+    def compile_blocks(self, *, backend: str = "inductor") -> None:
+        """``torch.compile`` each block (stem, downsamples, Meta4D and Meta3D blocks) in place, with
+        dynamic shapes: a block's code does not depend on the architecture beyond its input's
+        shape and the MLP ratio, so a few graphs serve every subnet (compiling the whole forward
+        would recompile for every new architecture). Parameter names do not change."""
+        for module in self.modules():
+            if isinstance(module, (ElasticStem, ElasticDownsample, ElasticMeta4D, ElasticMeta3D)):
+                module.compile(dynamic=True, backend=backend)
+
     # -- static models in and out -------------------------------------------------------------
 
     def check(self, spec: ArchSpec) -> ArchSpec:

@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -28,8 +29,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.align import AlignMethod
+from rich.console import Console, ConsoleDimensions
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TaskID, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.rule import Rule
+from rich.style import Style
+from rich.text import Text, TextType
 
 from supernet.errors import EfnasError
 
@@ -41,8 +47,11 @@ __all__ = [
     "check_output_folder",
     "console",
     "cpu_model",
+    "live_progress",
     "lock_folder",
+    "mask_passwords",
     "progress_bar",
+    "progress_lines",
     "provenance",
     "provenance_markdown",
     "remove_stale_temp_files",
@@ -50,15 +59,70 @@ __all__ = [
     "torch_threads",
 ]
 
-console = Console(highlight=False)
+# Piped output is read in a file or a log viewer, not a terminal window: rich's default of 80
+# columns would wrap table cells (architecture labels, budgets) and long lines mid-word.
+_PIPED_WIDTH = 10_000
+
+
+class _Console(Console):
+    """rich's Console, with lines as long as they need to be when the output is not a terminal."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(_PIPED_WIDTH, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+    def rule(self, title: TextType = "", *, characters: str = "─", style: str | Style = "rule.line",
+             align: AlignMethod = "center") -> None:
+        rule = Rule(title=title, characters=characters, style=style, align=align)
+        if self.is_terminal:
+            self.print(rule)
+            return
+        # A rule as wide as the piped console would be 10,000 characters: as wide as its title needs.
+        text = self.render_str(title) if isinstance(title, str) else title
+        self.print(rule, width=max(80, text.cell_len + 8))
+
+
+console = _Console(highlight=False)
+
+_lines_only = False  # set by progress_lines(): every progress bar is log lines
+
+
+@contextmanager
+def progress_lines(*, enabled: bool = True) -> Iterator[None]:
+    """Within the block, every progress bar of :func:`progress_bar` prints log lines instead of a
+    live bar, as it does when the output is not a terminal (``--no-progress``); ``enabled=False``
+    leaves the bars as they are."""
+    global _lines_only
+    previous, _lines_only = _lines_only, _lines_only or bool(enabled)
+    try:
+        yield
+    finally:
+        _lines_only = previous
+
+
+def live_progress() -> bool:
+    """Whether progress bars are live (a terminal, not within :func:`progress_lines`)."""
+    return console.is_terminal and not _lines_only
 
 
 def progress_bar(*fields: ProgressColumn | str, show: bool = True, transient: bool = False) -> Progress:
     """The one progress bar of every long command: description, bar, count, elapsed, ETA.
 
     ``fields`` are extra columns (a string is a :class:`TextColumn` template) shown after the count.
+    Without a terminal (piped output, or within :func:`progress_lines`), a log line per stretch of
+    a task replaces the live bar: each time its count passes a multiple of the task's field
+    ``log_every`` (``progress.add_task(..., log_every=steps_per_epoch)``; default a tenth of its
+    total, 10 without one), and once at the end. ``show=False``: neither (the caller logs, or is
+    a worker that must stay quiet).
     """
     extra = [TextColumn(f) if isinstance(f, str) else f for f in fields]
+    if show and not live_progress():
+        return _LogProgress(extra)
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -70,6 +134,57 @@ def progress_bar(*fields: ProgressColumn | str, show: bool = True, transient: bo
         transient=transient,
         disable=not show,
     )
+
+
+class _LogProgress(Progress):
+    """A progress "bar" that prints one log line per stretch of each task's work (see :func:`progress_bar`)."""
+
+    def __init__(self, fields: list[ProgressColumn]) -> None:
+        # rich fills an empty column list with its default bar; these columns are never drawn anyway.
+        super().__init__(*(fields or [TextColumn("")]), console=console, disable=True)
+        self._fields = fields
+        self._logged: dict[TaskID, float] = {}
+
+    def add_task(self, description: str, start: bool = True, total: float | None = 100.0, completed: int = 0,
+                 visible: bool = True, **fields: Any) -> TaskID:
+        task_id = super().add_task(description, start, total, completed, visible, **fields)
+        self._logged[task_id] = completed
+        return task_id
+
+    def update(self, task_id: TaskID, **changes: Any) -> None:  # type: ignore[override]
+        super().update(task_id, **changes)
+        self._log_if_due(task_id)
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._log_if_due(task_id)
+
+    def stop(self) -> None:
+        super().stop()
+        for task in self.tasks:  # what the last stretch did, if it ended between two lines
+            if task.completed != self._logged.get(task.id):
+                self._log(task)
+
+    def _log_if_due(self, task_id: TaskID) -> None:
+        task = self._tasks[task_id]
+        last = self._logged.get(task_id, 0.0)
+        every = task.fields.get("log_every") or (math.ceil(task.total / 10) if task.total else 10)
+        ended = task.total is not None and task.completed >= task.total > last
+        if ended or task.completed // every > last // every or task.completed < last:
+            self._log(task)
+
+    def _log(self, task: Task) -> None:
+        """``description: done/total fields (elapsed)``, one line however long."""
+        self._logged[task.id] = task.completed
+        count = f"{int(task.completed)}/{int(task.total)}" if task.total is not None else f"{int(task.completed)}"
+        line = Text.assemble(self.console.render_str(task.description), f": {count}")
+        for column in self._fields:
+            part = column(task)
+            if isinstance(part, Text) and part.plain.strip():
+                line.append("  ")
+                line.append_text(part)
+        line.append(f" ({_dt.timedelta(seconds=int(task.elapsed or 0))})")
+        self.console.print(line, soft_wrap=True)
 
 
 @contextmanager
@@ -251,7 +366,7 @@ def lock_folder(folder: str | os.PathLike[str], *, what: str = "run", flag: str 
     _HELD[key] = 1
     try:
         record = {"pid": os.getpid(), "host": socket.gethostname(), "since": _dt.datetime.now().isoformat(timespec="seconds"),
-                  "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+                  "command": _command_line()}
         os.ftruncate(fd, 0)
         os.write(fd, (json.dumps(record) + "\n").encode())
         yield lock_path
@@ -319,6 +434,24 @@ def cpu_model() -> str:
 _LIBRARIES = ("torch", "torchvision", "onnx", "onnxruntime", "coremltools", "optuna", "numpy")
 
 
+# scheme://user:PASSWORD@host: the password runs to the last "@" of the word (one typed unquoted
+# may itself hold an "@"), and libpq's ...?password=PASSWORD.
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)\S*(@)")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&\s]*", re.IGNORECASE)
+
+
+def mask_passwords(text: str) -> str:
+    """``text`` with the password of every URL in it shown as ``***``
+    (``postgresql://user:pw@host/db`` -> ``postgresql://user:***@host/db``), for whatever records or
+    prints a command line or a message that may hold a storage URL."""
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***\2", text))
+
+
+def _command_line() -> str:
+    """This process's command line, as a shell would take it, URL passwords masked."""
+    return shlex.join(mask_passwords(arg) for arg in [Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
 def provenance(extra_libraries: tuple[str, ...] = ()) -> dict[str, Any]:
     """Where, when, with what and by which command an artefact was made."""
     versions = {"efficientformer-nas": tool_version(), "python": platform.python_version()}
@@ -336,7 +469,7 @@ def provenance(extra_libraries: tuple[str, ...] = ()) -> dict[str, Any]:
         },
         "versions": versions,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": _command_line(),  # every file built from it would carry a --storage password
     }
 
 

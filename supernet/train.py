@@ -46,7 +46,7 @@ from supernet.space import ArchSpec, SearchSpace, load_space
 __all__ = ["TrainConfig", "TrainResult", "load_static_checkpoint", "params_digest", "sandwich_specs", "train"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """One supernet training run. The defaults train the tiny space on the embedded task."""
 
@@ -74,7 +74,9 @@ class TrainConfig:
     eval_every: int = 0  # steps between validations of the largest/smallest subnets; 0 = each epoch
     skip_validation: bool = False  # never validate (the checkpoint then has no val_top1_* metrics)
     calib_batches: int = 8  # BatchNorm recalibration batches before each validation
-    workers: int = 0  # data-loading processes (image folders)
+    workers: int = 0  # data-loading processes (image folders); they stay up between epochs
+    channels_last: bool = False  # NHWC memory layout for the supernet and the batches (faster convs on GPUs)
+    compile: bool = False  # torch.compile each block of the supernet (dynamic shapes; the first steps compile)
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # intra-op CPU threads; None: torch's default (all cores)
 
@@ -113,7 +115,7 @@ _INTERVALS = {"label_smoothing": (0, 1, False), "subnet_label_weight": (0, 1, Tr
 
 
 # Settings that may change when a run is resumed without changing what it computes.
-RESUMABLE_OVERRIDES = ("out", "workers", "device", "skip_validation")
+RESUMABLE_OVERRIDES = ("out", "workers", "device", "skip_validation", "channels_last", "compile")
 
 
 @dataclass
@@ -392,7 +394,7 @@ def _setup(config: TrainConfig, resume: bool, explicit: set[str]) -> _Run:
         torch.set_num_threads(config.threads)
     ddp = _Distributed(config.device, config.threads)
     space = load_space(config.space)
-    data = load_data(config.data, space.resolution, seed=config.seed, workers=config.workers)
+    data = load_data(config.data, space.resolution, seed=config.seed, workers=config.workers, pin_memory=ddp.device.type == "cuda")
     if data.num_classes != space.num_classes:
         space = space.with_num_classes(data.num_classes)
     if stored is not None and stored["fingerprint"] != space.fingerprint():
@@ -406,8 +408,11 @@ def _setup(config: TrainConfig, resume: bool, explicit: set[str]) -> _Run:
         note = _warm_start(supernet, space, config.init_from)
         if ddp.is_main:
             console.print(note)
-    supernet.to(ddp.device)
-    teacher = _load_teacher(config.teacher, space.resolution, space.num_classes, space).to(ddp.device) if config.teacher else None
+    layout = torch.channels_last if config.channels_last else torch.preserve_format
+    supernet.to(ddp.device, memory_format=layout)
+    teacher = None
+    if config.teacher:
+        teacher = _load_teacher(config.teacher, space.resolution, space.num_classes, space).to(ddp.device, memory_format=layout)
     optimizer = torch.optim.AdamW(param_groups(supernet, config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
 
     steps_per_epoch = data.num_train_batches(config.batch_size, ddp.world_size)
@@ -548,6 +553,9 @@ def _loop(run: _Run, show_progress: bool) -> None:
     config, ddp, supernet = run.config, run.ddp, run.supernet
     loss_module = SandwichLoss(supernet, config)
     model: nn.Module = loss_module
+    if config.compile:
+        supernet.compile_blocks()
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
     if ddp.world_size > 1:
         device_ids = [ddp.device.index] if ddp.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(loss_module, device_ids=device_ids, find_unused_parameters=True)
@@ -556,10 +564,12 @@ def _loop(run: _Run, show_progress: bool) -> None:
                             show=show_progress and ddp.is_main)
     supernet.train()
     with progress:
-        task = progress.add_task("supernet", total=run.total_steps, completed=run.step, loss=float("nan"), lr=0.0, ips=0.0)
+        task = progress.add_task("supernet", total=run.total_steps, completed=run.step, loss=float("nan"), lr=0.0, ips=0.0,
+                                 log_every=run.steps_per_epoch)
         meter = _Meter(run, progress, task)
         for images, labels in run.batches():
-            images, labels = images.to(ddp.device, non_blocking=True), labels.to(ddp.device, non_blocking=True)
+            images = images.to(ddp.device, non_blocking=True, memory_format=layout)
+            labels = labels.to(ddp.device, non_blocking=True)
             lr = run.lr()
             for group in run.optimizer.param_groups:
                 group["lr"] = lr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import signal
 import subprocess
 import sys
@@ -17,10 +19,12 @@ from latency_lut import (
     build_lut,
     calibration_specs,
     check_lut,
+    check_staleness,
     load_lut,
     measure_model,
     plot_check,
     predict_ms,
+    recalibrate_here,
     space_keys,
 )
 from latency_lut._backends import get_backend
@@ -176,3 +180,103 @@ def test_resuming_with_other_settings_is_refused(tiny_table):
         build_lut(TINY, tiny_table, BuildConfig(threads=2))
     with pytest.raises(EfnasError, match="was made for space 'tiny'"):
         build_lut(load_space("efficientformer-v1"), tiny_table, FAST)
+
+
+# -- threads and batch as table dimensions ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_batch8(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lut") / "tiny-batch8.json"
+    result = build_lut(TINY, path, dataclasses.replace(FAST, batch=8), space_arg="tiny")
+    assert result.complete
+    return path
+
+
+def _entry_sum(lut) -> float:
+    return sum(entry.value(lut.statistic) for entry in lut.entries.values())
+
+
+@pytest.mark.slow
+def test_batch_8_build_times_every_unit_on_8_images(tiny_table, tiny_batch8):
+    one, eight = load_lut(tiny_table), load_lut(tiny_batch8)
+    assert one.batch == 1 and eight.batch == 8 and eight.meta["batch"] == 8
+    assert set(eight.entries) == set(one.entries) == space_keys(TINY)
+    assert "1 thread(s), batch 8," in eight.describe()
+    # Measured here (~3x for the entries, ~4x for the reference network): 2x leaves room for a busy machine.
+    assert _entry_sum(eight) > 2 * _entry_sum(one)
+    assert eight.meta["reference"]["batch"] == 8 and eight.meta["reference"]["p10_ms"] > 2 * one.meta["reference"]["p10_ms"]
+    calibration = {model.name: model.value(eight.statistic) for model in eight.calibration.models}
+    assert sum(calibration.values()) > 2 * sum(model.value(one.statistic) for model in one.calibration.models)
+    with pytest.raises(EfnasError, match="at 1 thread\\(s\\) and batch 8, not onnxruntime at 1 and batch 1"):
+        build_lut(TINY, tiny_batch8, FAST)
+
+
+@pytest.mark.slow
+def test_check_staleness_and_recalibration_time_at_the_tables_batch(tiny_table, tiny_batch8, tmp_path):
+    one, eight = load_lut(tiny_table), load_lut(tiny_batch8)
+    config = CheckConfig(samples=2, rounds=2, runs=1, min_group_seconds=0.0)
+    report = check_lut(eight, TINY, config, out=tmp_path / "check.json")
+    assert report.measurement == {"backend": "onnxruntime", "threads": 1, "batch": 8, "clock": "thread-cpu"}
+    saved = json.loads((tmp_path / "check.json").read_text())
+    assert saved["lut"]["batch"] == 8 and saved["measurement"]["batch"] == 8
+    measured = sum(row["measured"]["p10_ms"] for row in report.rows)
+    assert measured > 2 * sum(predict_ms(ArchSpec.from_dict(row["arch"]), one) for row in report.rows)
+    # Timed at batch 1, the reference network would take about a quarter of its recorded time.
+    stale = check_staleness(eight)
+    assert 0.6 < stale.measured_ms / stale.recorded_ms < 1.7
+    again = recalibrate_here(eight, tmp_path / "here.json", show_progress=False).table
+    assert again.batch == 8 and again.meta["reference"]["p10_ms"] > 2 * one.meta["reference"]["p10_ms"]
+    ratio = again.meta["recalibration"]["unit_ratio"]
+    assert ratio["stem"] > 0.6 and ratio["meta4d"] > 0.6  # at batch 1: about 0.2 and 0.4
+
+
+# One width and MLP ratio per stage: 11 units. A two-thread build of the tiny space takes 30 s on
+# two busy cores, where the second thread waits for a core.
+MINI_SPACE = """
+name = "mini"
+resolution = 32
+num_classes = 10
+attn_heads = 2
+attn_key_dim = 16
+mlp_ratios = [4]
+meta3d = [0, 1]
+""" + "".join(f"\n[[stages]]\nwidths = [{width}]\ndepths = [1, 2]\n" for width in (16, 24, 32, 48))
+
+
+@pytest.mark.slow
+def test_two_threads_are_used_by_build_and_check(tmp_path):
+    (tmp_path / "mini.toml").write_text(MINI_SPACE)
+    mini = load_space(tmp_path / "mini.toml")
+    config = dataclasses.replace(FAST, threads=2, batch=2, calibration_samples=2)
+    lut = build_lut(mini, tmp_path / "t2.json", config).table
+    assert lut.threads == 2 and lut.batch == 2 and set(lut.entries) == space_keys(mini)
+    assert lut.meta["backend_details"]["threads"] == 2 and lut.meta["measurement"]["clock"] == "wall"
+    report = check_lut(load_lut(tmp_path / "t2.json"), mini, CheckConfig(samples=2, rounds=1, runs=1, min_group_seconds=0.0))
+    assert report.measurement == {"backend": "onnxruntime", "threads": 2, "batch": 2, "clock": "wall"}
+    assert len(report.rows) == 2
+
+
+def test_torch_backend_runs_at_its_threads():
+    engine = get_backend("torch", 2)
+    before = torch.get_num_threads()
+    with engine.session():
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+    import onnxruntime as ort
+
+    runner = get_backend("onnxruntime", 2).prepare(torch.nn.Conv2d(3, 8, 3), (1, 3, 16, 16))
+    session = next(item for item in runner.keep if isinstance(item, ort.InferenceSession))
+    assert session.get_session_options().intra_op_num_threads == 2
+
+
+def test_measure_model_times_the_batch_asked_for():
+    spec = TINY.preset("L3")
+    one = measure_model(spec, rounds=4, runs=2, min_seconds=0.2)
+    eight = measure_model(spec, rounds=4, runs=2, min_seconds=0.2, batch=8)
+    assert eight.p10_ms > 2 * one.p10_ms
+    for bad in (0, -1, 5000, 2.5):
+        with pytest.raises(EfnasError, match=f"batch must be an integer from 1 to 1024, got {bad}"):
+            measure_model(spec, batch=bad)
+    with pytest.raises(EfnasError, match="batch must be an integer from 1 to 1024, got 0"):
+        BuildConfig(batch=0)

@@ -65,6 +65,10 @@ def test_show_prices_an_architecture(tmp_path, capsys):
         (["lut", "check", "--lut", "{measured}", "--space", "efficientformer-v1"], "was made for space 'tiny'"),
         (["lut", "build", "--space", "tiny-ish", "--out", "{tmp}/t.json"], "unknown space 'tiny-ish'"),
         (["lut", "build", "--space", "tiny", "--out", "{tmp}/t.json", "--rounds", "0"], "rounds must be at least 1, got 0"),
+        (["lut", "build", "--space", "tiny", "--out", "{tmp}/t.json", "--batch", "0"], "--batch must be an integer from 1 to 1024, got 0"),
+        (["lut", "build", "--space", "tiny", "--out", "{tmp}/t.json", "--batch", "-8"], "--batch must be an integer from 1 to 1024, got -8"),
+        (["lut", "build", "--space", "tiny", "--out", "{tmp}/t.json", "--batch", "4096"], "--batch must be an integer from 1 to 1024, got 4096"),
+        (["lut", "build", "--space", "tiny", "--out", "{measured}", "--batch", "8"], "at 1 thread(s) and batch 1, not onnxruntime at 1 and batch 8"),
         (["lut", "build", "--space", "tiny", "--out", "{imported}"], "is an imported table; build into another file with --out"),
         (["lut", "measure-coreml", "{tmp}"], "Core ML prediction needs macOS"),
         (["lut", "import", "--bundle", "{tmp}", "--results", "{tmp}/r.csv", "--device", "x", "--out", "{tmp}/o.json"], "manifest.json is missing"),
@@ -105,3 +109,14 @@ def test_build_stops_with_status_3_and_continues(tmp_path, capsys):
     assert main(argv) == 0
     assert f"this run measured {len(space_keys(TINY)) - partial} " in capsys.readouterr().out
     assert set(load_lut(out).entries) == space_keys(TINY)
+
+
+def test_show_says_threads_batch_and_what_a_prediction_is(tmp_path, capsys):
+    path = _table(tmp_path)
+    table = load_lut(path)
+    table.meta.update(batch=8, threads=2)
+    save_lut(table, path)
+    assert main(["lut", "show", str(path), "--preset", "L1", "--no-stale-check"]) == 0
+    out = capsys.readouterr().out
+    assert "2 thread(s), batch 8," in out and "entries and predictions are ms per call on a batch of 8 image(s)" in out
+    assert "ms per batch of 8" in out

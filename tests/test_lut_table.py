@@ -226,3 +226,38 @@ def test_recalibrate_refits_from_the_stored_networks(tmp_path):
     assert fitted.overhead_ms == pytest.approx(0.4, rel=1e-4) and fitted.scales["embed"] == pytest.approx(0.9, rel=1e-4)
     with pytest.raises(EfnasError, match="has no calibration networks to fit on"):
         recalibrate(_table(TINY))
+
+
+def test_a_table_without_batch_means_batch_1(tmp_path):
+    data = _table(TINY).to_dict()
+    del data["meta"]["batch"]  # tables written before the batch was a dimension
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    table = load_lut(path)
+    assert table.batch == 1 and table.meta["batch"] == 1 and "1 thread(s), batch 1," in table.describe()
+    assert "--batch" not in table.fill_command(TINY.with_num_classes(10).preset("L1"))
+
+
+def test_commands_for_a_batch_table_measure_at_its_batch_and_threads(tmp_path):
+    table = _table(TINY)
+    table.meta.update(batch=8, threads=2)
+    save_lut(table, tmp_path / "b8.json")
+    assert load_lut(tmp_path / "b8.json").batch == 8 and "2 thread(s), batch 8," in table.describe()
+    with pytest.raises(EfnasError) as info:
+        predict_ms(TINY.with_num_classes(10).preset("L1"), table)
+    assert f"--backend onnxruntime --threads 2 --batch 8 --out {tmp_path / 'b8.json'}" in str(info.value)
+    with pytest.raises(EfnasError, match="--threads 2 --batch 8 --out efficientformer-v1_onnxruntime-2thread-batch8.json"):
+        table.check_space(V1)
+
+
+def test_shipped_tables_are_found_by_threads_and_batch():
+    from latency_lut import shipped_lut
+
+    shipped = shipped_lut(TINY)
+    assert shipped is not None and load_lut(shipped).batch == 1
+    assert shipped_lut(TINY, batch=1) == shipped and shipped_lut(TINY, batch=8) is None
+    assert shipped_lut(TINY, threads=4) is None
+    for bad, message in ((dict(batch=0), "batch must be an integer from 1 to 1024, got 0"),
+                         (dict(threads=-1), "threads must be a non-negative integer, got -1")):
+        with pytest.raises(EfnasError, match=message):
+            shipped_lut(TINY, **bad)

@@ -276,3 +276,25 @@ def test_an_out_that_is_a_file_is_one_line_before_any_work(tmp_path, capsys):
     assert main(["search", "--supernet", str(tmp_path / "missing.pt"), "--out", str(taken), "--budget-ms", "1"]) == 2
     err = capsys.readouterr().err
     assert "--out" in err and "is a file, not a folder" in err and "Traceback" not in err
+
+
+def test_a_trial_whose_creator_died_before_tagging_it_is_failed(tmp_path):
+    """A kill between Optuna creating a trial and the objective tagging it with its worker left it
+    RUNNING for ever (found by bench/faults.py): a reap fails it once it is clearly orphaned."""
+    import datetime
+
+    from optuna.trial import FrozenTrial
+
+    from nas._workers import Worker
+
+    storage = open_storage(storage_url(tmp_path / "orphan.db"))
+    study = optuna.create_study(storage=storage, study_name="orphan")
+    study_id = storage.get_study_id_from_name("orphan")
+    old = datetime.datetime.now() - datetime.timedelta(minutes=5)
+    template = FrozenTrial(number=0, state=TrialState.RUNNING, value=None, datetime_start=old, datetime_complete=None,
+                           params={}, distributions={}, user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=0)
+    orphan = storage.create_new_trial(study_id, template_trial=template)
+    fresh = storage.create_new_trial(study_id)  # just made by a live worker that has not tagged it yet
+    Worker.join(study, storage).reap()
+    states = {t._trial_id: t.state for t in study.get_trials(deepcopy=False)}
+    assert states[orphan] == TrialState.FAIL and states[fresh] == TrialState.RUNNING

@@ -17,6 +17,7 @@ from nas.cli import main
 from supernet import build_model, load_space
 from supernet.checkpoint import load_checkpoint, load_supernet
 from supernet.data import load_data
+from supernet.evaluate import evaluate_spec
 from supernet.train import params_digest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,6 +99,10 @@ def test_torchrun_two_ranks_keep_identical_parameters(tmp_path):
     assert params_digest(supernet) == digests[0] and info.step == 4
     untrained = load_space("tiny")
     assert info.space.fingerprint() == untrained.fingerprint()
+    # Both ranks validated their shares; together they scored what one process scores.
+    data = load_data("digits-mosaic", info.space.resolution)
+    for name, spec in (("largest", info.space.largest()), ("smallest", info.space.smallest())):
+        assert info.metrics[f"val_top1_{name}"] == evaluate_spec(supernet, spec, data, calib_batches=8, batch_size=32, seed=0), name
 
 
 def test_init_from_a_static_checkpoint(tmp_path):
