@@ -87,8 +87,10 @@ def _freeze_while_evaluating(process: subprocess.Popen, study: optuna.Study) -> 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_idle_worker_waits_without_trials_then_retries_a_killed_workers_trial(backend, request, trained_tiny_supernet, tiny_lut, tmp_path):
     url, trials = _url(backend, request, tmp_path), 5
+    # Evaluations long enough (~0.5 s: more images and calibration batches than QUICK_ARGS, which
+    # they override) that polling the storage catches one in flight on a loaded machine.
     cmd = [*_search_cmd(trained_tiny_supernet, tiny_lut, tmp_path / "a", "--budget", "L3", "--strategy", "random",
-                        "--trials", str(trials), "--storage", url, "--study", "kill")]
+                        "--trials", str(trials), "--storage", url, "--study", "kill", "--val-subset", "2000", "--calib-batches", "4")]
     first = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     study = _load(url, "kill")
     frozen = _freeze_while_evaluating(first, study)
