@@ -300,3 +300,17 @@ def test_a_trial_whose_creator_died_before_tagging_it_is_failed(tmp_path):
     Worker.join(study, storage).reap()
     states = {t._trial_id: t.state for t in study.get_trials(deepcopy=False)}
     assert states[orphan] == TrialState.FAIL and states[fresh] == TrialState.RUNNING
+
+
+def test_tpe_models_after_a_quarter_of_the_trials_not_optunas_fixed_ten():
+    from nas.study import SearchConfig, _sampler
+    from supernet.errors import ConfigError
+
+    # Optuna's default (10 random trials) made a TPE search of 10 trials or fewer a random search.
+    for trials, startup in ((8, 3), (20, 5), (40, 10), (400, 10)):
+        config = SearchConfig(trials=trials)
+        assert config.tpe_startup_trials == startup
+        assert _sampler(config, 0)._n_startup_trials == startup
+    assert _sampler(SearchConfig(trials=8, startup_trials=6), 0)._n_startup_trials == 6
+    with pytest.raises(ConfigError, match="startup_trials must be at least 1"):
+        SearchConfig(startup_trials=0)
