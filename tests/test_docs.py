@@ -19,7 +19,9 @@ def _python_section_code() -> str:
 def test_the_python_api_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exec(compile(_python_section_code(), str(DOCS), "exec"), {"__name__": "docs_example"})
-    printed = capsys.readouterr().out.splitlines()
+    # The search may warn about the shipped table first (it was timed on another machine); the
+    # example's own lines are the two prints.
+    printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("warning:")]
     assert len(printed) == 2 and " ms" in printed[0]
     assert (tmp_path / "runs/api-example/export/model.onnx").is_file()
     assert (tmp_path / "runs/api-example/search/best.json").is_file()
