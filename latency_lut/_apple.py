@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from supernet.errors import EfnasError, read_user_file
-from supernet.io import atomic_write_json, atomic_write_text, console, progress_bar
+from supernet.io import atomic_write_json, atomic_write_text, progress_bar
 
 from latency_lut._coreml import (
     COMPUTE_UNITS, CSV_COLUMNS, PLAN_DEVICES, PLAN_FORMAT, _quiet_coremltools, compute_plan_path, read_compute_plan,

@@ -19,15 +19,11 @@ from rich.table import Table
 
 from latency_lut import (
     BuildConfig,
-    LatencyTable,
     build_lut,
-    check_staleness,
     load_lut,
     predict_ms,
-    quality_warning,
     recalibrate_here,
     shipped_lut,
-    staleness_warning,
 )
 from latency_lut.cli import build_flags
 from nas._export_cli import EXPORT_FLAGS
@@ -153,28 +149,13 @@ def _lut_step(config: DemoConfig, space: SearchSpace, steps: list[DemoStep]) -> 
               ["lut", "recalibrate", str(shipped), "--out", str(lut_path)])
         if lut_path.exists():
             # The searches of an earlier run are priced with this file: re-timing it would change the
-            # budget under them. It is checked against this machine instead.
+            # budget under them. Each search checks it against this machine instead (and warns).
             console.print(f"reusing {lut_path} (delete it to re-time the table here)")
         else:
             recalibrate_here(load_lut(shipped), lut_path, show_progress=False)
     lut = load_lut(lut_path)
     console.print(f"{lut_path.name}: {lut.meta.get('backend')}, {lut.meta.get('threads')} thread(s), calibrated on {lut.meta.get('device')}")
-    for warning in _table_warnings(config, lut):
-        console.print(f"[yellow]warning:[/yellow] {warning}")
     return lut_path
-
-
-def _table_warnings(config: DemoConfig, lut: LatencyTable) -> list[str]:
-    """The table's own quality, and whether it describes this machine (the demo's own copy is
-    re-timed by deleting it, not by the command the table would suggest)."""
-    warnings = [quality_warning(lut)]
-    if config.table == "shipped":
-        warnings.append(staleness_warning(lut))
-    elif config.table == "recalibrate" and (stale := check_staleness(lut)) is not None and stale.stale:
-        change = "" if stale.change_percent is None else f" ({stale.change_percent:+.0f}% here)"
-        warnings.append(f"{lut.path} was timed on another machine or under other load{change}; "
-                        "delete it and run the demo again to re-time it")
-    return [w for w in warnings if w]
 
 
 def _search_steps(config: DemoConfig, checkpoint: Path, lut_path: Path, steps: list[DemoStep], show_progress: bool) -> dict[str, SearchResult]:
