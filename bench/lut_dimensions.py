@@ -34,6 +34,7 @@ from latency_lut import BuildConfig, CheckConfig, build_lut, check_lut, load_lut
 from supernet import ArchSpec, load_space  # noqa: E402
 from supernet.errors import EfnasError  # noqa: E402
 from supernet.io import atomic_write_json, atomic_write_text, console, provenance  # noqa: E402
+from _load import OtherLoad, load_note  # noqa: E402  (bench/_load.py, beside this script)
 
 WORK = ROOT / "runs" / "bench" / "lut_dimensions"
 OUT = ROOT / "docs" / "benchmarks"
@@ -104,14 +105,6 @@ def _naive(base: dict, other: dict) -> dict | None:
     return prediction_stats(predicted, [row["measured"][f"{other['statistic']}_ms"] for row in rows]).to_dict()
 
 
-def _load_note(cores: int, loads: list[float]) -> str:
-    worst = max(loads)
-    if worst > 0.5 * cores:
-        return (f"**Taken under load**: the load average reached {worst:.1f} on {cores} cores during the run, so these "
-                "numbers show that the machinery works, not the accuracy a quiet machine gives; rerun on a quiet machine.")
-    return f"The machine was quiet: the load average stayed at or below {worst:.1f} on {cores} cores."
-
-
 def _settings(values: dict) -> str:
     return ", ".join(f"{name} {value}" for name, value in values.items())
 
@@ -126,7 +119,7 @@ def _markdown(data: dict) -> str:
         f"Space `{data['space']}`; every table is checked on the same {data['rows'][0]['held_out']} held-out networks "
         f"(the presets and {data['samples']} random subnets, seed {data['seed']}), measured at the table's own threads and batch.",
         "",
-        _load_note(data["cores"], data["load_average"]),
+        load_note(data.get("other_cores"), data["cores"]),
         "",
         *(["**Quick settings** (`--quick`): few rounds per unit and network, to prove the machinery in seconds.", ""]
           if data["quick"] else []),
@@ -184,12 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     space = load_space(args.space)
     WORK.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    loads = [os.getloadavg()[0]]
+    meter = OtherLoad()
     rows = []
     for threads in args.threads:
         for batch in args.batch:
             rows.append(_one(space, args.space, threads, batch, args))
-            loads.append(os.getloadavg()[0])
             s = rows[-1]["stats"]
             console.print(f"threads {threads}, batch {batch}: {rows[-1]['held_out']} held out, within ±5% {s['within_5']:.1f}%, "
                           f"±10% {s['within_10']:.1f}%, MAPE {s['mape']:.2f}%, τ {s['kendall_tau']:.3f}")
@@ -210,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "build_settings": build_settings,
         "check_settings": check_settings,
         "cores": os.cpu_count(),
-        "load_average": [round(load, 2) for load in loads],
+        "other_cores": meter.cores(),  # cores' worth of CPU other processes used (bench/_load.py)
         "seconds": round(time.monotonic() - started, 1),
         "provenance": provenance(),
         "rows": rows,

@@ -13,12 +13,14 @@ from rich.table import Table
 from nas.batch import EXAMPLE_FILE, load_batch, run_batch, summary_table
 from nas.budget import BudgetRequest, budget_requests, parse_milliseconds
 from nas._storage import safe_url
+from nas.evaluator import Evaluator
 from nas.results import closest_to_budget, results_table
-from nas.study import DEFAULT_TRIALS, STRATEGIES, SearchConfig, SearchResult, run_search
+from nas.study import DEFAULT_TRIALS, STRATEGIES, SearchConfig, SearchResult, load_evaluator, run_search
 from supernet.cli import DocFormatter
 from supernet.cliconfig import ConfigFlags, Custom, Flag
-from supernet.errors import ConfigError
-from supernet.io import console, progress_lines
+from supernet.distributed import Distributed, torchrun_world_size
+from supernet.errors import ConfigError, EfnasError
+from supernet.io import console, progress_lines, torch_threads
 
 __all__ = ["SEARCH_FLAGS", "print_result", "register_batch", "register_search"]
 
@@ -45,6 +47,10 @@ share the work; give the password through ~/.pgpass or PGPASSFILE, not in the UR
 the URL is masked as *** in everything the search prints or writes). Watch a study with
 optuna-dashboard STORAGE.
 
+Under torchrun --nproc-per-node N on one machine it is one search whose every score is shared
+over the N processes (one GPU each with --device cuda, gloo on the CPU otherwise): rank 0 runs the
+search, prints and writes; the other ranks only score with it.
+
 Exit status: 0 with a feasible architecture, 1 when the search ended without one (the closest
 trial and its excess over the budget are printed), 2 for bad input.
 
@@ -61,6 +67,8 @@ examples:
   efnas search --supernet runs/tiny --budget L3 --val-subset 2000 --out runs/quick   # faster scoring
   # two workers (run the same command on each machine):
   efnas search --supernet runs/v1 --budget L3 --storage postgresql://efnas@db-host/efnas --study v1-l3
+  # one search, each score shared over the 8 GPUs of this machine:
+  torchrun --standalone --nproc-per-node 8 -m nas.cli search --supernet runs/v1 --budget L3 --device cuda --out runs/v1-l3
   optuna-dashboard sqlite:///runs/search-l1/study.db
 """
 
@@ -139,16 +147,42 @@ def register_search(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_search)
 
 
-NOT_FOUND_EXIT = 1  # the search ran but no architecture is under the budget (2: the input was bad)
+NOT_FOUND_EXIT = 1  # the search ran but no architecture is under the budget
+ERROR_EXIT = 2  # the input was bad: nas.cli.main's status for an EfnasError
 
 
 def _run_search(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(logging.WARNING)
     config, _ = SEARCH_FLAGS.from_args(args)
-    with progress_lines(enabled=args.no_progress):
-        result = run_search(config)
+    if torchrun_world_size() > 1:
+        return _run_shared_search(config, args.no_progress)
+    return _search_and_print(config, args.no_progress)
+
+
+def _search_and_print(config: SearchConfig, no_progress: bool, evaluator: Evaluator | None = None) -> int:
+    with progress_lines(enabled=no_progress):
+        result = run_search(config, evaluator=evaluator)
     print_result(result, top=config.top)
     return 0 if result.best is not None else NOT_FOUND_EXIT
+
+
+def _run_shared_search(config: SearchConfig, no_progress: bool) -> int:
+    """Under torchrun: one search, each architecture scored by every rank together on its own
+    device. Rank 0 runs the search as a single process would; the others only score with it,
+    print nothing and end with rank 0's exit status."""
+    ddp = Distributed(config.device, config.threads)
+    evaluator = load_evaluator(config, device=ddp.device)
+    if ddp.is_main:
+        status = ERROR_EXIT  # what the other ranks end with if the search raises
+        try:
+            status = _search_and_print(config, no_progress, evaluator)
+        finally:
+            evaluator.release(status)
+    else:
+        with torch_threads(config.threads):  # as run_search sets them on rank 0
+            status = evaluator.serve()
+    ddp.close()
+    return status
 
 
 def print_result(result: SearchResult, top: int = 10) -> None:
@@ -215,6 +249,9 @@ def register_batch(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
+    if torchrun_world_size() > 1:
+        # Each rank would run every search of the batch on its own, all into the same folders.
+        raise EfnasError("efnas batch runs as one process, not under torchrun; run it alone, or run its searches one by one under torchrun")
     optuna.logging.set_verbosity(logging.WARNING)
     batch = load_batch(args.file)
     with progress_lines(enabled=args.no_progress):

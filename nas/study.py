@@ -426,11 +426,13 @@ class _Search:
         return result
 
 
-def load_evaluator(config: SearchConfig) -> Evaluator:
-    """The supernet of ``config`` on its device, wrapped in an evaluator with its settings."""
-    device = config.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+def load_evaluator(config: SearchConfig, *, device: torch.device | str | None = None) -> Evaluator:
+    """The supernet of ``config`` on ``device`` (default: the config's; under torchrun each rank's
+    own, see :class:`supernet.distributed.Distributed`), wrapped in an evaluator with its settings."""
+    if device is None:
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
     supernet, info = load_supernet(config.supernet, device=device)
     return Evaluator(supernet, info, config.eval_config, data=config.data, device=device)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,11 +40,87 @@ from supernet.space import ArchSpec, SearchSpace
 __all__ = ["Supernet"]
 
 
+# -- gradients that stay in the used slice ---------------------------------------------------
+
+#: Weights this large keep their gradient in the slice a subnet uses (below: plain slicing, whose
+#: full-size zero fill costs less than the Python call of a custom backward; bench/supernet_overhead.py).
+_IN_SLICE_MIN_NUMEL = 1 << 14
+
+
+class _SliceGradient:
+    """The gradient buffer of one large supernet weight, kept from step to step.
+
+    Autograd's backward of ``weight[:o, :i]`` zero-fills a gradient of the whole weight for every
+    use: on efficientformer-v1 at batch 2 that fill was a quarter of a forward+backward. Here a
+    backward adds into the used slice of a full-size buffer instead, and only the region written
+    since the last step is cleared. ``weight.grad`` is that buffer, so optimizers and
+    ``zero_grad(set_to_none=True)`` see an ordinary gradient (``None`` for a weight no subnet of
+    the step used). The weight's own gradient hook never runs, so DDP (which listens to it) needs
+    :meth:`Supernet.accumulate_in_slice` off.
+    """
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+        self.written: tuple[int, ...] = ()
+
+    def add(self, weight: torch.Tensor, shape: tuple[int, ...], grad: torch.Tensor) -> None:
+        if weight.grad is None:  # a new step: zero_grad(set_to_none=True) dropped the last one
+            buffer = self.buffer
+            if buffer is None or buffer.shape != weight.shape or buffer.dtype != weight.dtype or buffer.device != weight.device:
+                buffer = self.buffer = torch.zeros_like(weight)
+            else:
+                _zero_outside(buffer, self.written, shape)
+            self.written = shape
+            weight.grad = buffer
+            _prefix(buffer, torch.Size(shape)).copy_(grad)  # overwrites the last step's values there
+            return
+        if weight.grad is self.buffer:
+            self.written = tuple(max(a, b) for a, b in zip(self.written, shape))
+        _prefix(weight.grad, torch.Size(shape)).add_(grad)
+
+
+def _zero_outside(tensor: torch.Tensor, written: tuple[int, ...], keep: tuple[int, ...]) -> None:
+    """Zero the leading ``written`` block of ``tensor`` except its leading ``keep`` block (a union of
+    one box per dimension), so that clearing costs nothing where the next values are copied in."""
+    for dim in range(len(written)):
+        if keep[dim] < written[dim]:
+            box = [slice(0, n) for n in keep[:dim]] + [slice(keep[dim], written[dim])] + [slice(0, n) for n in written[dim + 1:]]
+            tensor[tuple(box)].zero_()
+
+
+class _InSliceGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(weight: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:  # type: ignore[override]
+        return _prefix(weight, torch.Size(shape))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor, tuple[int, ...]], output: torch.Tensor) -> None:
+        ctx.weight, ctx.shape = inputs
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None]:  # type: ignore[override]
+        ctx.weight._efnas_slice_gradient.add(ctx.weight, ctx.shape, grad)
+        return None, None
+
+
+def _used(weight: torch.Tensor, *sizes: int) -> torch.Tensor:
+    """The leading ``sizes`` block of ``weight`` (all of its other dimensions)."""
+    shape = tuple(sizes) + tuple(weight.shape[len(sizes):])
+    if (
+        hasattr(weight, "_efnas_slice_gradient")
+        and weight.requires_grad
+        and torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+    ):
+        return _InSliceGrad.apply(weight, shape)
+    return _prefix(weight, torch.Size(shape))
+
+
 # -- sliced functional ops -------------------------------------------------------------------
 
 
 def _conv(conv: nn.Conv2d, x: torch.Tensor, out_channels: int) -> torch.Tensor:
-    weight = conv.weight[:out_channels, : x.shape[1]]
+    weight = _used(conv.weight, out_channels, x.shape[1])
     return F.conv2d(x, weight, conv.bias[:out_channels], conv.stride, conv.padding)
 
 
@@ -67,7 +144,7 @@ def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
 
 
 def _linear(linear: nn.Linear, x: torch.Tensor, out_features: int) -> torch.Tensor:
-    return F.linear(x, linear.weight[:out_features, : x.shape[-1]], linear.bias[:out_features])
+    return F.linear(x, _used(linear.weight, out_features, x.shape[-1]), linear.bias[:out_features])
 
 
 # -- elastic blocks (same parameter names as the static ones) ------------------------------------
@@ -165,6 +242,19 @@ class Supernet(nn.Module):
         # Same initialisation as the static model, so a freshly built supernet's largest subnet
         # starts where a freshly built static model would.
         self.apply(_init_linear)
+        self.accumulate_in_slice(True)
+
+    def accumulate_in_slice(self, enabled: bool) -> None:
+        """Whether the gradients of large conv/linear weights are added into the slice each subnet
+        uses (on: the default, fastest) or built at full size by autograd's slice backward (off:
+        what DistributedDataParallel needs, since it waits for each weight's own gradient hook)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                weight = module.weight
+                if enabled and weight.numel() >= _IN_SLICE_MIN_NUMEL:
+                    weight._efnas_slice_gradient = _SliceGradient()  # type: ignore[attr-defined]
+                elif hasattr(weight, "_efnas_slice_gradient"):
+                    del weight._efnas_slice_gradient  # type: ignore[attr-defined]
 
     def forward(self, x: torch.Tensor, spec: ArchSpec) -> torch.Tensor:
         """Logits of architecture ``spec`` (which must belong to this supernet's space)."""

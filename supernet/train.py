@@ -32,6 +32,7 @@ from rich.progress import Progress
 from torch import nn
 
 from supernet.checkpoint import load_checkpoint, read_weights, save_checkpoint
+from supernet.distributed import Distributed
 from supernet.elastic import Supernet, infer_spec
 from supernet.errors import ConfigError, EfnasError
 from supernet.evaluate import evaluate_spec
@@ -222,41 +223,6 @@ def params_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-class _Distributed:
-    """Rank and world size from torchrun's environment; a no-op context in a single process."""
-
-    def __init__(self, device: str, threads: int | None) -> None:
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-        if device == "cuda" and not torch.cuda.is_available():
-            raise EfnasError("--device cuda asked for, but no CUDA device is available")
-        self.device = torch.device(f"cuda:{self.local_rank}" if use_cuda else "cpu")
-        if self.world_size > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if use_cuda else "gloo")
-        if use_cuda:
-            torch.cuda.set_device(self.device)
-        elif self.world_size > 1 and threads is None:
-            # Ranks on one machine share its cores; oversubscribing them only adds contention.
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
-    def same_everywhere(self, value: str) -> bool:
-        if self.world_size == 1:
-            return True
-        values: list[Any] = [None] * self.world_size
-        dist.all_gather_object(values, value)
-        return len(set(values)) == 1
-
-
 # -- the loop -----------------------------------------------------------------------------------
 
 
@@ -278,7 +244,7 @@ class _Run:
     """Everything one training run holds: built by :func:`_setup`, advanced by the loop in :func:`train`."""
 
     config: TrainConfig
-    ddp: _Distributed
+    ddp: Distributed
     space: SearchSpace
     data: Any
     supernet: Supernet
@@ -392,7 +358,7 @@ def _setup(config: TrainConfig, resume: bool, explicit: set[str]) -> _Run:
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    ddp = _Distributed(config.device, config.threads)
+    ddp = Distributed(config.device, config.threads)
     space = load_space(config.space)
     data = load_data(config.data, space.resolution, seed=config.seed, workers=config.workers, pin_memory=ddp.device.type == "cuda")
     if data.num_classes != space.num_classes:
@@ -558,6 +524,7 @@ def _loop(run: _Run, show_progress: bool) -> None:
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     if ddp.world_size > 1:
         device_ids = [ddp.device.index] if ddp.device.type == "cuda" else None
+        supernet.accumulate_in_slice(False)  # DDP all-reduces from each weight's own gradient hook
         model = nn.parallel.DistributedDataParallel(loss_module, device_ids=device_ids, find_unused_parameters=True)
     eval_every = config.eval_every or run.steps_per_epoch
     progress = progress_bar("loss {task.fields[loss]:.3f}  lr {task.fields[lr]:.2e}  {task.fields[ips]:.0f} img/s",

@@ -101,6 +101,41 @@ def test_training_a_subnet_updates_only_its_slices():
     assert mean[:hidden].abs().sum() > 0 and mean[hidden:].abs().sum() == 0  # sliced BN statistics
 
 
+@pytest.mark.parametrize("min_numel", [1, None])
+def test_gradients_kept_in_the_slice_equal_autograds(monkeypatch, min_numel):
+    """Weights whose gradient is added into the used slice (every conv/linear weight with
+    min_numel 1; the large ones only by default) train exactly as with autograd's slice backward:
+    same gradients step after step (each step clears what the last one wrote), unused weights
+    without a gradient, same weights after the optimizer."""
+    import supernet.elastic as elastic
+
+    if min_numel is not None:
+        monkeypatch.setattr(elastic, "_IN_SLICE_MIN_NUMEL", min_numel)
+    torch.manual_seed(0)
+    in_slice, plain = Supernet(TINY).train(), Supernet(TINY).train()
+    in_slice.accumulate_in_slice(True)
+    plain.load_state_dict(in_slice.state_dict())
+    plain.accumulate_in_slice(False)
+    assert any(hasattr(p, "_efnas_slice_gradient") for p in in_slice.parameters())
+    assert not any(hasattr(p, "_efnas_slice_gradient") for p in plain.parameters())
+    rng = random.Random(3)
+    steps = [[TINY.largest(), TINY.smallest(), TINY.sample(rng)], [TINY.smallest(), TINY.sample(rng)], [TINY.sample(rng), TINY.largest()]]
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-2) for m in (in_slice, plain)]
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for specs in steps:
+        for model, optimizer in zip((in_slice, plain), optimizers):
+            optimizer.zero_grad(set_to_none=True)
+            sum(model(x, spec).logsumexp(dim=1).mean() for spec in specs).backward()
+        for (name, a), b in zip(in_slice.named_parameters(), plain.parameters()):
+            assert (a.grad is None) == (b.grad is None), name
+            if a.grad is not None:
+                assert (a.grad - b.grad).abs().max() <= 1e-6, name
+        for optimizer in optimizers:
+            optimizer.step()
+    for a, b in zip(in_slice.parameters(), plain.parameters()):
+        assert (a - b).abs().max() <= 1e-6
+
+
 def test_spec_outside_space_is_rejected(tiny_supernet):
     outside = V1.preset("L1")
     with pytest.raises(EfnasError, match="outside space 'tiny'"):
