@@ -42,8 +42,9 @@ __all__ = ["Supernet"]
 
 # -- gradients that stay in the used slice ---------------------------------------------------
 
-#: Weights this large keep their gradient in the slice a subnet uses (below: plain slicing, whose
-#: full-size zero fill costs less than the Python call of a custom backward; bench/supernet_overhead.py).
+#: Weights this large keep their gradient in the slice a subnet uses; smaller ones use plain slicing,
+#: whose zero fill of a few KiB should cost less than the Python call of a custom backward. The value
+#: is a judgement, not yet a measurement: compare with bench/supernet_overhead.py on a quiet machine.
 _IN_SLICE_MIN_NUMEL = 1 << 14
 
 
