@@ -193,21 +193,23 @@ def tiny_batch8(tmp_path_factory):
     return path
 
 
-def _entry_sum(lut) -> float:
-    return sum(entry.value(lut.statistic) for entry in lut.entries.values())
-
-
 @pytest.mark.slow
 def test_batch_8_build_times_every_unit_on_8_images(tiny_table, tiny_batch8):
     one, eight = load_lut(tiny_table), load_lut(tiny_batch8)
     assert one.batch == 1 and eight.batch == 8 and eight.meta["batch"] == 8
     assert set(eight.entries) == set(one.entries) == space_keys(TINY)
     assert "1 thread(s), batch 8," in eight.describe()
-    # Measured here (~3x for the entries, ~4x for the reference network): 2x leaves room for a busy machine.
-    assert _entry_sum(eight) > 2 * _entry_sum(one)
-    assert eight.meta["reference"]["batch"] == 8 and eight.meta["reference"]["p10_ms"] > 2 * one.meta["reference"]["p10_ms"]
+    # Most entries are per-call overhead, the same at any batch; the five heaviest units are compute:
+    # 4-6x their batch-1 time on a quiet machine, 1.6-3.4x in a full test run (the two tables are
+    # built seconds apart, and a slow moment can inflate either); a build that ignored the batch
+    # would give 1x.
+    heaviest = sorted(eight.entries, key=lambda key: eight.entries[key].value(eight.statistic))[-5:]
+    assert sum(eight.entries[key].value(eight.statistic) for key in heaviest) > 1.5 * sum(
+        one.entries[key].value(one.statistic) for key in heaviest)
+    # Whole networks: ~3.7x (reference) and ~3x (calibration) on a quiet machine.
+    assert eight.meta["reference"]["batch"] == 8 and eight.meta["reference"]["p10_ms"] > 1.5 * one.meta["reference"]["p10_ms"]
     calibration = {model.name: model.value(eight.statistic) for model in eight.calibration.models}
-    assert sum(calibration.values()) > 2 * sum(model.value(one.statistic) for model in one.calibration.models)
+    assert sum(calibration.values()) > 1.5 * sum(model.value(one.statistic) for model in one.calibration.models)
     with pytest.raises(EfnasError, match="at 1 thread\\(s\\) and batch 8, not onnxruntime at 1 and batch 1"):
         build_lut(TINY, tiny_batch8, FAST)
 
@@ -221,12 +223,12 @@ def test_check_staleness_and_recalibration_time_at_the_tables_batch(tiny_table, 
     saved = json.loads((tmp_path / "check.json").read_text())
     assert saved["lut"]["batch"] == 8 and saved["measurement"]["batch"] == 8
     measured = sum(row["measured"]["p10_ms"] for row in report.rows)
-    assert measured > 2 * sum(predict_ms(ArchSpec.from_dict(row["arch"]), one) for row in report.rows)
+    assert measured > 1.5 * sum(predict_ms(ArchSpec.from_dict(row["arch"]), one) for row in report.rows)
     # Timed at batch 1, the reference network would take about a quarter of its recorded time.
     stale = check_staleness(eight)
     assert 0.6 < stale.measured_ms / stale.recorded_ms < 1.7
     again = recalibrate_here(eight, tmp_path / "here.json", show_progress=False).table
-    assert again.batch == 8 and again.meta["reference"]["p10_ms"] > 2 * one.meta["reference"]["p10_ms"]
+    assert again.batch == 8 and again.meta["reference"]["p10_ms"] > 1.5 * one.meta["reference"]["p10_ms"]
     ratio = again.meta["recalibration"]["unit_ratio"]
     assert ratio["stem"] > 0.6 and ratio["meta4d"] > 0.6  # at batch 1: about 0.2 and 0.4
 
