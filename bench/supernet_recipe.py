@@ -106,23 +106,14 @@ def _metrics(path: Path) -> list[dict[str, Any]]:
 
 def summarise(runs: list[dict[str, Any]], standalone: dict[str, float], budgets: dict[int, dict[str, float]]) -> dict[str, Any]:
     """Per variant: mean over seeds of each reported subnet, median gap, smallest's gap, Kendall tau;
-    for a variant trained longer than the demo, also the median gap to stand-alone training on as
-    many images (``budgets``: epochs -> stand-alone means), where that study exists."""
+    the same three against stand-alone training on as many images (``budgets``: epochs -> stand-alone
+    means), where that study exists."""
     by_variant: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         by_variant.setdefault(run["variant"], []).append(run)
     summary = {}
     for variant, vruns in by_variant.items():
-        names = list(standalone)
-        per_seed = []
-        for run in vruns:
-            gaps = [standalone[n] - run["top1"][n] for n in names]
-            per_seed.append({
-                "seed": run["seed"],
-                "median_gap": round(statistics.median(gaps), 2),
-                "smallest_gap": round(standalone["smallest"] - run["top1"]["smallest"], 2),
-                "kendall": round(float(stats.kendalltau([run["top1"][n] for n in names], [standalone[n] for n in names]).statistic), 3),
-            })
+        per_seed = [_gaps(standalone, run["top1"]) for run in vruns]
         # Cost per step as the ratio of images/s to the sandwich's, both at batch 128 images per step.
         ips = [r["median_images_per_s"] / r["batch_size"] for r in vruns if r["median_images_per_s"]]
         summary[variant] = {
@@ -137,10 +128,27 @@ def summarise(runs: list[dict[str, Any]], standalone: dict[str, float], budgets:
         # Runs recorded before "epochs" was: their epochs from steps x batch over 15,000 mosaics per epoch.
         same = budgets.get(vruns[0].get("epochs") or round(vruns[0]["steps"] * vruns[0]["batch_size"] / 15_000))
         if same is not None:
-            summary[variant]["median_gap_same_images"] = [
-                round(statistics.median(same[n] - r["top1"][n] for n in same), 2) for r in vruns
-            ]
+            summary[variant]["same_images"] = [_gaps(same, run["top1"]) for run in vruns]
     return summary
+
+
+def _gaps(standalone: dict[str, float], inherited: dict[str, float]) -> dict[str, float]:
+    """Median gap, smallest's gap and Kendall tau of one run against one stand-alone study."""
+    names = list(standalone)
+    return {
+        "median_gap": round(statistics.median(standalone[n] - inherited[n] for n in names), 2),
+        "smallest_gap": round(standalone["smallest"] - inherited["smallest"], 2),
+        "kendall": round(float(stats.kendalltau([inherited[n] for n in names], [standalone[n] for n in names]).statistic), 3),
+    }
+
+
+def _same_images_cell(summary: dict[str, Any]) -> str:
+    if "same_images" not in summary:
+        return "not measured"
+    return "; ".join(
+        f"{name} {' / '.join(format(g[key], fmt) for g in summary['same_images'])}"
+        for name, key, fmt in (("median", "median_gap", ".1f"), ("smallest", "smallest_gap", ".1f"), ("τ", "kendall", ".2f"))
+    )
 
 
 def report(result: dict[str, Any]) -> str:
@@ -155,10 +163,11 @@ def report(result: dict[str, Any]) -> str:
         "weights (BN recalibrated on 8 batches, the whole 10,000-image validation split). Stand-alone reference: "
         "`docs/benchmarks/task_separability.json` (each subnet trained alone on 120,000 images, mean of 3 seeds); for "
         "a variant trained on more images, the last column compares with stand-alone training on as many images "
-        "(`docs/benchmarks/task_separability_12epochs.json`, one seed). Gaps are stand-alone minus inherited, in "
+        f"(`docs/benchmarks/task_separability_12epochs.json`, mean of {result.get('standalone_seeds', {}).get('12', '?')} seed(s)): "
+        "median gap, smallest's gap and Kendall τ against it. Gaps are stand-alone minus inherited, in "
         "points (negative: the supernet's subnet is better). Values per seed, separated by /.",
         "",
-        "| variant | what it tests | steps | largest | smallest | random 1 | random 2 | random 3 | median gap (12 subnets) | smallest gap | Kendall τ | s/step | median gap, stand-alone on as many images |",
+        "| variant | what it tests | steps | largest | smallest | random 1 | random 2 | random 3 | median gap (12 subnets) | smallest gap | Kendall τ | s/step | against stand-alone on as many images |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in result["summary"].items():
@@ -168,7 +177,7 @@ def report(result: dict[str, Any]) -> str:
             f"{cell(t['random 1'])} | {cell(t['random 2'])} | {cell(t['random 3'])} | {cell(s['median_gap'])} | "
             f"{cell(s['smallest_gap'])} | {' / '.join(f'{k:.2f}' for k in s['kendall'])} | "
             f"{s['seconds_per_step'] if s['seconds_per_step'] is not None else '-'} | "
-            f"{cell(s['median_gap_same_images']) if 'median_gap_same_images' in s else 'not measured'} |"
+            f"{_same_images_cell(s)} |"
         )
     sa = result["standalone"]
     lines += [
@@ -201,11 +210,13 @@ def main() -> int:
     subnets = [s for s in study["subnets"] if len(s["runs"]) == len(study["seeds"])]
     standalone = {s["name"]: statistics.fmean(r["top1"] for r in s["runs"]) for s in subnets}
     budgets = {8: standalone}  # epochs -> stand-alone means on as many images
+    seeds = {8: len(study["seeds"])}
     for epochs, path in LONGER_STANDALONE.items():
         if Path(path).exists():
             longer = [s for s in json.loads(Path(path).read_text())["subnets"] if s["runs"]]
             if {s["name"] for s in longer} == set(standalone):
                 budgets[epochs] = {s["name"]: statistics.fmean(r["top1"] for r in s["runs"]) for s in longer}
+                seeds[epochs] = min(len(s["runs"]) for s in longer)
 
     out = Path(args.out)
     previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {"runs": []}
@@ -220,7 +231,8 @@ def main() -> int:
     def write() -> None:
         runs = sorted(done.values(), key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
         result = {"summary": summarise(runs, standalone, budgets), "runs": runs, "standalone": standalone,
-                  "standalone_by_epochs": {str(k): v for k, v in budgets.items()}, "provenance": provenance(("scipy",))}
+                  "standalone_by_epochs": {str(k): v for k, v in budgets.items()},
+                  "standalone_seeds": {str(k): v for k, v in seeds.items()}, "provenance": provenance(("scipy",))}
         atomic_write_json(out.with_suffix(".json"), result)
         atomic_write_text(out.with_suffix(".md"), report(result))
 

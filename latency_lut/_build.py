@@ -40,7 +40,7 @@ from latency_lut._backends import Backend, get_backend
 from latency_lut._calibration import CalibrationModel, fit_calibration
 from latency_lut._health import assess_quality, reference_record, staleness_warning
 from latency_lut._keys import OpUnit, parse_key, space_units
-from latency_lut._measure import CONTEXTS, STATISTICS, Timing, check_batch, seeded_weights, time_models, time_units
+from latency_lut._measure import CONTEXTS, STATISTICS, SpeedGate, Timing, check_batch, seeded_weights, time_models, time_units
 from latency_lut._table import LatencyTable, load_lut, save_lut
 
 __all__ = ["BuildConfig", "BuildResult", "build_lut", "calibration_specs", "recalibrate"]
@@ -188,6 +188,18 @@ class _Build:
         self.started = time.monotonic()
         self.measurement = table.meta["measurement"]
         self.rng = random.Random(f"build-{config.seed}-{len(table.entries)}")
+        self._gate: SpeedGate | None = None
+        self._gate_counts = (0, 0)  # the gate's counts before this run, less this table's earlier runs'
+
+    @property
+    def gate(self) -> SpeedGate:
+        """The process's gate (made inside the backend's session); its counts for this table are
+        recorded in ``meta.measurement.speed_gate``."""
+        if self._gate is None:
+            self._gate = SpeedGate.shared(self.engine)
+            earlier = self.measurement.get("speed_gate", {})  # a resumed build adds to its counts
+            self._gate_counts = (self._gate.rounds - earlier.get("rounds", 0), self._gate.dropped - earlier.get("slow_rounds_dropped", 0))
+        return self._gate
 
     @property
     def context(self) -> str | None:
@@ -201,6 +213,10 @@ class _Build:
         self.table.meta["build_seconds"] = round(self.table.meta.get("build_seconds", 0.0) + seconds, 1)
 
     def save(self) -> None:
+        if self._gate is not None:
+            rounds, dropped = self._gate_counts
+            self.measurement["speed_gate"] = {**self._gate.record(), "rounds": self._gate.rounds - rounds,
+                                              "slow_rounds_dropped": self._gate.dropped - dropped}
         save_lut(self.table, self.out)
 
     def log(self, text: str) -> None:
@@ -228,6 +244,7 @@ class _Build:
             contexts,
             on_round=lambda: progress.advance(task, per_round),
             min_seconds=self.config.min_group_seconds,
+            gate=self.gate,
         )
         timings = {
             context: {key: Timing.from_samples(values) for key, values in per_key.items()}
@@ -379,6 +396,7 @@ def _calibrate(run: _Build, space: SearchSpace, progress: Progress, refit: bool)
             (progress, task),
             min_seconds=config.min_group_seconds,
             batch=table.batch,
+            gate=run.gate,
         )
         for name, spec in group:
             done[name] = CalibrationModel(name=name, arch=spec.to_dict(), **asdict(timings[name])).to_dict()

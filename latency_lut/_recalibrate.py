@@ -27,7 +27,7 @@ from latency_lut._build import MODEL_GROUP, calibration_from_models, calibration
 from latency_lut._calibration import CalibrationModel
 from latency_lut._health import assess_quality, hardware_name, recorded_reference, reference_record, runs_here
 from latency_lut._keys import op_units
-from latency_lut._measure import Timing, seeded_weights, time_models, time_units
+from latency_lut._measure import SpeedGate, Timing, seeded_weights, time_models, time_units
 from latency_lut._table import LatencyTable, in_installed_package, save_lut
 
 __all__ = ["RecalibrationResult", "recalibrate_here"]
@@ -85,7 +85,7 @@ def _unit_ratio(table: LatencyTable, engine: Backend, spec: ArchSpec) -> dict[st
             module = unit.build()
         runners[key] = engine.prepare(module, unit.input_shape(table.batch), seed=rng.randrange(2**31))
     context = table.meta.get("measurement", {}).get("context") or "cold"
-    samples = time_units(runners, engine.timer(), UNIT_ROUNDS, 2, rng, (context,))[context]
+    samples = time_units(runners, engine.timer(), UNIT_ROUNDS, 2, rng, (context,), gate=SpeedGate.shared(engine))[context]
     here: dict[str, float] = {}
     there: dict[str, float] = {}
     for key, unit in units.items():

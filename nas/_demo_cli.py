@@ -18,6 +18,8 @@ DEMO_FLAGS = ConfigFlags(DemoConfig, {
     "data": None,
     "epochs": Flag("supernet training epochs of 15,000 images each (default: %(default)s)"),
     "steps_per_epoch": Flag("cap on the steps of each training epoch, for a quick look"),
+    "validate_every": Flag("epochs between validations of the largest and smallest subnets while training; "
+                           "the weights do not depend on it (default: %(default)s)"),
     "budget": Flag("latency budget: a preset of the space (its predicted latency) or milliseconds (default: %(default)s)"),
     "trials": Flag("architectures the TPE search evaluates; the slimming runs until it is done (default: %(default)s)"),
     "val_subset": Flag("validation images that score an architecture during the searches (default: %(default)s)"),

@@ -43,18 +43,21 @@ __all__ = ["Supernet"]
 # -- gradients that stay in the used slice ---------------------------------------------------
 
 #: Weights this large keep their gradient in the slice a subnet uses; smaller ones use plain slicing,
-#: whose zero fill of a few KiB should cost less than the Python call of a custom backward. The value
-#: is a judgement, not yet a measurement: compare with bench/supernet_overhead.py on a quiet machine.
-_IN_SLICE_MIN_NUMEL = 1 << 14
+#: whose zero fill costs less than the Python call of a custom backward. Measured side by side (2
+#: threads, 2026-12-03): a tiny-space sandwich step at batch 64 with its 20 weights of 16-92k
+#: elements in-slice took 1.04x (0.99-1.08, 5 runs) as long as with plain slicing; on v1, L1 at
+#: batch 2 ran the same with 1 << 14 and 1 << 17 (0.97, 1.02), and 1.06x the static model against
+#: 1.24x with plain slicing everywhere (docs/benchmarks/supernet_overhead.md).
+_IN_SLICE_MIN_NUMEL = 1 << 17
 
 
 class _SliceGradient:
     """The gradient buffer of one large supernet weight, kept from step to step.
 
     Autograd's backward of ``weight[:o, :i]`` zero-fills a gradient of the whole weight for every
-    use: for L1 on efficientformer-v1 at batch 2 (1 thread, torch.profiler) that fill took 74 of a
-    step's 425 ms, though no wall-clock gain has been measured end to end yet. Here a
-    backward adds into the used slice of a full-size buffer instead, and only the region written
+    use, which for a large weight costs more than the layer's own work at small batches (L1 on
+    efficientformer-v1 at batch 2: 1.24x the static model's forward+backward with it, 1.06x without;
+    on another machine of the same class the two were level). Here a backward adds into the used slice of a full-size buffer instead, and only the region written
     since the last step is cleared. ``weight.grad`` is that buffer, so optimizers and
     ``zero_grad(set_to_none=True)`` see an ordinary gradient (``None`` for a weight no subnet of
     the step used). The weight's own gradient hook never runs, so DDP (which listens to it) needs
@@ -248,9 +251,9 @@ class Supernet(nn.Module):
 
     def accumulate_in_slice(self, enabled: bool) -> None:
         """Whether the gradients of large conv/linear weights are added into the slice each subnet
-        uses (on: the default; it removes the full-size fill in a profile, but no end-to-end speed-up
-        has been measured) or built at full size by autograd's slice backward (off:
-        what DistributedDataParallel needs, since it waits for each weight's own gradient hook)."""
+        uses (on: the default, faster at small batches on large spaces) or built at full size by
+        autograd's slice backward (off: what DistributedDataParallel needs, since it waits for each
+        weight's own gradient hook)."""
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 weight = module.weight
