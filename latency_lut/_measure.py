@@ -117,10 +117,11 @@ MAX_ROUND_FACTOR = 20
 #: another tenant on the same physical core), and units timed in such a stretch came out that much
 #: dearer than the rest. On one such machine, two tiny tables built one after the other agreed
 #: within ±5% on 0, 10 and 0% of 40 networks without the gate and on 80, 37.5 and 72.5% with it
-#: (alternating runs; docs/benchmarks/lut_agreement_1203_*.md).
+#: (alternating runs; docs/benchmarks/lut_speed_gate.md).
 SLOW_ROUND_FACTOR = 1.15
 #: How much longer than it otherwise would a group keeps timing while waiting for fast rounds.
 SLOW_WAIT_SECONDS = 8.0
+
 
 class SpeedGate:
     """Leaves out the rounds timed while the machine ran slow. The reference (two 3x3
@@ -169,8 +170,7 @@ class SpeedGate:
     def fast_rounds(self, least: int) -> list[bool]:
         """Per round of this call, whether to keep it: those within the factor of the fastest
         reference run by now, or, when fewer than ``least`` are, the ``least`` fastest."""
-        best = min(self._times, default=0) if self.best_ns is None else self.best_ns
-        keep = [t <= SLOW_ROUND_FACTOR * best for t in self._times]
+        keep = [t <= SLOW_ROUND_FACTOR * (self.best_ns or 0) for t in self._times]
         if sum(keep) < least:
             fastest = set(sorted(range(len(self._times)), key=self._times.__getitem__)[:least])
             keep = [i in fastest for i in range(len(self._times))]
@@ -222,12 +222,8 @@ def _interleaved(
                 yield key, runners[key]
 
 
-def _keep_fast(samples: dict[str, list[int]], gate: SpeedGate | None, per_round: int, rounds: int) -> dict[str, list[int]]:
-    """``samples`` (``per_round`` per key and round, in round order) without the slow rounds,
-    keeping at least ``rounds`` rounds."""
-    if gate is None:
-        return samples
-    keep = gate.fast_rounds(least=rounds)
+def _without_slow_rounds(samples: dict[str, list[int]], keep: list[bool], per_round: int) -> dict[str, list[int]]:
+    """``samples`` (``per_round`` per key and round, in round order) of the rounds to ``keep``."""
     return {key: [v for i, v in enumerate(values) if keep[i // per_round]] for key, values in samples.items()}
 
 
@@ -267,7 +263,7 @@ def time_units(
     if gate is None:
         return samples
     keep = gate.fast_rounds(least=rounds)
-    return {context: {key: [v for v, k in zip(values, keep) if k] for key, values in per_key.items()} for context, per_key in samples.items()}
+    return {context: _without_slow_rounds(per_key, keep, 1) for context, per_key in samples.items()}
 
 
 def _visit_models(
@@ -289,7 +285,7 @@ def _visit_models(
             start = clock()
             runner.run()
             samples[key].append(clock() - start)
-    return _keep_fast(samples, gate, runs, rounds)
+    return samples if gate is None else _without_slow_rounds(samples, gate.fast_rounds(least=rounds), runs)
 
 
 def time_models(

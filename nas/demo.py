@@ -53,7 +53,7 @@ class DemoConfig:
     out: str = "runs/demo"  # everything goes under this folder
     space: str = "tiny"
     data: str = "digits-mosaic"
-    # 12 epochs of 15,000 fresh mosaics (180,000 images), ~6.5 min on two cores. At 8 the median
+    # 12 epochs of 15,000 fresh mosaics (180,000 images), 6.5-11 min on two cores by machine. At 8 the median
     # subnet inherited 6-11 points less than it reached trained alone; at 12, 4.6-8.5 points less than
     # trained alone on as many images, and the largest and smallest no less (supernet_recipe.md).
     epochs: int = 12
