@@ -95,7 +95,9 @@ def test_an_old_table_without_the_record_uses_its_calibration_networks(built, tm
     result = check_staleness(load_lut(table.path))
     fastest = min(models, key=lambda model: model["p10_ms"])
     assert result.table_hardware == "Old CPU" and result.reference == f"calibration network {fastest['name']}"
-    assert result.stale and result.change_percent < -50
+    # 3x faster here reads as at least 1.5x (-33%) even when this run falls in one of the 1.3-2x
+    # slow stretches this machine class has (docs/benchmarks/lut_speed_gate.md; CI saw -47%)
+    assert result.stale and result.change_percent < -30
     assert "calibration network" in staleness_warning(load_lut(table.path))
 
 
