@@ -422,6 +422,16 @@ class SearchSpace:
             [s.mlp_ratios[0] for s in self.stages],
         )
 
+    def narrowest_deepest(self) -> ArchSpec:
+        """The smallest widths and MLP ratios at every stage's greatest depth: the corner of the
+        space that neither the largest nor the smallest subnet trains (deep blocks at low width)."""
+        return self.spec(
+            [s.widths[0] for s in self.stages],
+            [s.depth_max for s in self.stages],
+            self.meta3d_min,
+            [s.mlp_ratios[0] for s in self.stages],
+        )
+
     def sample(self, rng: random.Random) -> ArchSpec:
         """A uniformly random choice per dimension (the Meta3D count drawn within the last depth)."""
         widths = [rng.choice(s.widths) for s in self.stages]

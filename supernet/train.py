@@ -66,6 +66,7 @@ class TrainConfig:
     subnet_label_weight: float = 0.5  # share of the label loss in the other subnets' loss (the rest: distillation)
     subnet_weight: float = 1.0  # weight of each other subnet's loss relative to the largest's
     meta4d_largest: bool = False  # also train the largest widths with the fewest Meta3D blocks each step
+    narrowest_deepest: bool = False  # also train the narrowest widths at the greatest depths each step
     largest_only_epochs: float = 0.0  # epochs that train the largest subnet alone before the sandwich starts
     final_lr_ratio: float = 0.0  # the cosine ends at this fraction of --lr (BigNAS ends at a constant)
     teacher: str | os.PathLike[str] | None = None  # static EfficientFormer state dict distilled into every subnet
@@ -131,19 +132,29 @@ class TrainResult:
 
 
 def sandwich_specs(
-    space: SearchSpace, seed: int, step: int, num_random: int, *, meta4d_largest: bool = False
+    space: SearchSpace,
+    seed: int,
+    step: int,
+    num_random: int,
+    *,
+    meta4d_largest: bool = False,
+    narrowest_deepest: bool = False,
 ) -> list[ArchSpec]:
     """Largest, smallest and ``num_random`` random subnets for ``step``: a pure function of its inputs.
 
     With ``meta4d_largest`` the largest widths with the fewest Meta3D blocks come second: the
     largest runs its last stage as Meta3D blocks, so without it the Meta4D weights there are
-    trained at full width only by the few random subnets that happen to use them.
+    trained at full width only by the few random subnets that happen to use them. With
+    ``narrowest_deepest`` the narrowest widths at the greatest depths come after the smallest:
+    the deep blocks' first channels are otherwise trained almost only inside wide subnets.
     """
     rng = random.Random(f"sandwich:{seed}:{step}")
-    largest = space.largest()
-    extra = space.edit(largest, num_meta3d=space.meta3d_min) if meta4d_largest else largest
-    specs = [largest, smallest := space.smallest(), *(space.sample(rng) for _ in range(num_random))]
-    return specs if extra in (largest, smallest) else [largest, extra, *specs[1:]]
+    specs = [largest := space.largest(), space.smallest()]
+    if meta4d_largest and (meta4d := space.edit(largest, num_meta3d=space.meta3d_min)) not in specs:
+        specs.insert(1, meta4d)
+    if narrowest_deepest and (corner := space.narrowest_deepest()) not in specs:
+        specs.append(corner)
+    return [*specs, *(space.sample(rng) for _ in range(num_random))]
 
 
 class SandwichLoss(nn.Module):
@@ -275,7 +286,9 @@ class _Run:
     def specs(self) -> list[ArchSpec]:
         """This step's subnets: the largest alone while the teacher warms up, then the sandwich."""
         c = self.config
-        specs = sandwich_specs(self.space, c.seed, self.step, c.num_random, meta4d_largest=c.meta4d_largest)
+        specs = sandwich_specs(
+            self.space, c.seed, self.step, c.num_random, meta4d_largest=c.meta4d_largest, narrowest_deepest=c.narrowest_deepest
+        )
         return specs[:1] if self.step < self.largest_only_steps else specs
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -37,6 +37,13 @@ def test_presets_are_the_published_models():
         assert V1.contains(V1.preset(name))
 
 
+def test_the_narrowest_deepest_subnet_is_the_smallest_at_full_depth():
+    corner = V1.narrowest_deepest()
+    assert V1.contains(corner)
+    assert corner.widths == V1.smallest().widths and corner.mlp_ratios == V1.smallest().mlp_ratios
+    assert corner.depths == V1.largest().depths and corner.num_meta3d == V1.meta3d_min
+
+
 def test_widths_move_in_steps_of_16():
     for stage in V1.stages:
         assert all(b - a == 16 for a, b in zip(stage.widths, stage.widths[1:]))

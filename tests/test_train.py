@@ -18,7 +18,7 @@ from supernet import build_model, load_space
 from supernet.checkpoint import load_checkpoint, load_supernet
 from supernet.data import load_data
 from supernet.evaluate import evaluate_spec
-from supernet.train import params_digest
+from supernet.train import params_digest, sandwich_specs
 
 REPO = Path(__file__).resolve().parent.parent
 EFNAS = [sys.executable, "-m", "nas.cli"]
@@ -28,6 +28,16 @@ QUICK = ["--space", "tiny", "--batch-size", "32", "--threads", "1", "--no-progre
 
 def _records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_sandwich_adds_the_corners_asked_for_before_the_same_random_subnets():
+    space = load_space("tiny")
+    plain = sandwich_specs(space, 3, 17, 2)
+    both = sandwich_specs(space, 3, 17, 2, meta4d_largest=True, narrowest_deepest=True)
+    assert plain[:2] == [space.largest(), space.smallest()]
+    meta4d = space.edit(space.largest(), num_meta3d=space.meta3d_min)
+    assert both == [space.largest(), meta4d, space.smallest(), space.narrowest_deepest(), *plain[2:]]
+    assert sandwich_specs(space, 3, 18, 2)[2:] != plain[2:]  # each step draws its own random subnets
 
 
 @pytest.mark.slow
