@@ -16,7 +16,7 @@ Meta3D blocks), tuning it closes the subnet's gap to its stand-alone accuracy; i
 the loss lies in the stages before it.
 
     python bench/supernet_gap_probe.py --supernet runs/demo/supernet/supernet.pt
-    python bench/supernet_gap_probe.py --supernet RUN/supernet.pt --extra winner=runs/demo/search/best.json
+    python bench/supernet_gap_probe.py --supernet RUN/supernet.pt --extra "demo winner=runs/demo/export/arch.json"
 
 Writes docs/benchmarks/supernet_gap_probe.{json,md}.
 """
