@@ -80,6 +80,7 @@ _TRAIN_HELP = {
     "subnet_label_weight": "share of the label loss in the other subnets' loss (the rest is distillation from the largest)",
     "subnet_weight": "weight of each other subnet's loss relative to the largest subnet's",
     "meta4d_largest": "also train the largest widths with the fewest Meta3D blocks each step (the last stage's Meta4D weights at full width)",
+    "worst_of": "each random subnet is the worst on the step's batch of this many candidates of about the same size (AttentiveNAS's WorstUp; 1: uniform, as the sandwich rule)",
     "narrowest_deepest": "also train the narrowest widths and MLP ratios at every stage's greatest depth each step (deep blocks at low width)",
     "largest_only_epochs": "epochs that train the largest subnet alone before the sandwich starts (a trained teacher first)",
     "final_lr_ratio": "the cosine decay ends at this fraction of --lr instead of zero",

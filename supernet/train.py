@@ -4,6 +4,8 @@ Each step trains, on the same batch, the largest subnet on the labels (label smo
 smallest plus ``num_random`` random subnets on the largest one's detached soft outputs (or on an
 external teacher's). The random subnets are a pure function of ``(seed, step)``, so every DDP rank
 draws the same ones without communicating and a resumed run draws what the killed one would have.
+With ``--worst-of K`` each random subnet is instead the worst, on the step's batch, of K
+like-sized candidates drawn that way (the ranks sum their losses, so they agree).
 
 Run single-process (``efnas train ...``) or under ``torchrun --nproc-per-node N`` (DDP: gloo on
 CPU, NCCL on GPU); only rank 0 writes files.
@@ -19,7 +21,7 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from itertools import islice
 from pathlib import Path
@@ -40,7 +42,7 @@ from supernet.io import (
     atomic_write_json, atomic_write_text, check_output_folder, console, lock_folder, progress_bar, provenance,
     remove_stale_temp_files, torch_threads,
 )
-from supernet.model import EfficientFormer, build_model
+from supernet.model import EfficientFormer, build_model, count_params
 from supernet.optim import distillation_loss, param_groups, warmup_cosine
 from supernet.space import ArchSpec, SearchSpace, load_space
 
@@ -67,6 +69,7 @@ class TrainConfig:
     subnet_weight: float = 1.0  # weight of each other subnet's loss relative to the largest's
     meta4d_largest: bool = False  # also train the largest widths with the fewest Meta3D blocks each step
     narrowest_deepest: bool = False  # also train the narrowest widths at the greatest depths each step
+    worst_of: int = 1  # each random subnet: the worst on the batch of this many of about its size (1: uniform)
     largest_only_epochs: float = 0.0  # epochs that train the largest subnet alone before the sandwich starts
     final_lr_ratio: float = 0.0  # the cosine ends at this fraction of --lr (BigNAS ends at a constant)
     teacher: str | os.PathLike[str] | None = None  # static EfficientFormer state dict distilled into every subnet
@@ -110,7 +113,7 @@ class TrainConfig:
 
 _LOWER_BOUNDS = {
     "epochs": 0, "steps_per_epoch": 1, "batch_size": 1, "weight_decay": 0, "warmup_epochs": 0, "num_random": 0,
-    "subnet_weight": 0, "largest_only_epochs": 0, "seed": 0, "checkpoint_every": 1, "eval_every": 0,
+    "subnet_weight": 0, "worst_of": 1, "largest_only_epochs": 0, "seed": 0, "checkpoint_every": 1, "eval_every": 0,
     "calib_batches": 1, "workers": 0, "threads": 1,
 }
 _INTERVALS = {"label_smoothing": (0, 1, False), "subnet_label_weight": (0, 1, True), "final_lr_ratio": (0, 1, True)}
@@ -157,6 +160,21 @@ def sandwich_specs(
     return [*specs, *(space.sample(rng) for _ in range(num_random))]
 
 
+def worst_up_pools(space: SearchSpace, seed: int, step: int, num_random: int, pool_size: int) -> list[tuple[ArchSpec, ...]]:
+    """For each random subnet of ``step``, ``pool_size`` candidates of about the same size: a uniform
+    draw and the ``pool_size - 1`` of ``8 * pool_size`` more draws whose parameter counts are nearest
+    to it. Picking the worst of like-sized candidates (AttentiveNAS's WorstUp, which fixes a size
+    first) trains the shapes weight sharing serves badly without drifting towards small subnets."""
+    rng = random.Random(f"worst-up:{seed}:{step}")
+    pools = []
+    for _ in range(num_random):
+        anchor = space.sample(rng)
+        size = count_params(anchor)
+        others = sorted((space.sample(rng) for _ in range(8 * pool_size)), key=lambda s: abs(count_params(s) - size))
+        pools.append((anchor, *others[: pool_size - 1]))
+    return pools
+
+
 class SandwichLoss(nn.Module):
     """The loss of one sandwich step, as one module so that DDP sees one forward per step."""
 
@@ -171,8 +189,19 @@ class SandwichLoss(nn.Module):
     def distill(self, logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
         return distillation_loss(logits, target_logits, self.temperature)
 
+    def subnet_loss(self, logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = self.distill(logits, target)
+        if self.label_weight:
+            loss = self.label_weight * F.cross_entropy(logits.float(), labels) + (1 - self.label_weight) * loss
+        return loss
+
     def forward(
-        self, images: torch.Tensor, labels: torch.Tensor, specs: list[ArchSpec], teacher_logits: torch.Tensor | None
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        specs: list[ArchSpec],
+        teacher_logits: torch.Tensor | None,
+        pools: Sequence[tuple[ArchSpec, ...]] = (),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         largest = self.supernet(images, specs[0])
         loss_largest = F.cross_entropy(largest.float(), labels, label_smoothing=self.label_smoothing)
@@ -180,14 +209,33 @@ class SandwichLoss(nn.Module):
             loss_largest = (loss_largest + self.distill(largest, teacher_logits)) / 2
         target = teacher_logits if teacher_logits is not None else largest
         loss = loss_largest
-        for spec in specs[1:]:
-            logits = self.supernet(images, spec)
-            subnet_loss = self.distill(logits, target)
-            if self.label_weight:
-                label_loss = F.cross_entropy(logits.float(), labels)
-                subnet_loss = self.label_weight * label_loss + (1 - self.label_weight) * subnet_loss
-            loss = loss + self.subnet_weight * subnet_loss
+        for spec in [*specs[1:], *(self.worst(pool, images, labels, target) for pool in pools)]:
+            loss = loss + self.subnet_weight * self.subnet_loss(self.supernet(images, spec), labels, target)
         return loss, loss_largest.detach()
+
+    def worst(self, pool: tuple[ArchSpec, ...], images: torch.Tensor, labels: torch.Tensor, target: torch.Tensor) -> ArchSpec:
+        """The candidate with the highest loss on this batch (summed over DDP ranks, so all pick the same)."""
+        if len(pool) == 1:
+            return pool[0]
+        with torch.no_grad(), _running_stats_frozen(self.supernet):
+            losses = torch.stack([self.subnet_loss(self.supernet(images, spec), labels, target) for spec in pool])
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(losses)
+        return pool[int(losses.argmax())]
+
+
+@contextmanager
+def _running_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """BatchNorm normalises with batch statistics as in training but leaves its running ones alone."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.momentum = 0.0
+    try:
+        yield
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
 
 
 def load_static_checkpoint(path: str | os.PathLike[str], *, what: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -286,10 +334,18 @@ class _Run:
     def specs(self) -> list[ArchSpec]:
         """This step's subnets: the largest alone while the teacher warms up, then the sandwich."""
         c = self.config
+        uniform = c.num_random if c.worst_of == 1 else 0
         specs = sandwich_specs(
-            self.space, c.seed, self.step, c.num_random, meta4d_largest=c.meta4d_largest, narrowest_deepest=c.narrowest_deepest
+            self.space, c.seed, self.step, uniform, meta4d_largest=c.meta4d_largest, narrowest_deepest=c.narrowest_deepest
         )
         return specs[:1] if self.step < self.largest_only_steps else specs
+
+    def pools(self) -> list[tuple[ArchSpec, ...]]:
+        """With ``--worst-of K``, the candidates each random subnet of this step is picked from."""
+        c = self.config
+        if c.worst_of == 1 or self.step < self.largest_only_steps:
+            return []
+        return worst_up_pools(self.space, c.seed, self.step, c.num_random, c.worst_of)
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The remaining training batches, from the current step on (a pure function of seed and step)."""
@@ -555,7 +611,7 @@ def _loop(run: _Run, show_progress: bool) -> None:
                 group["lr"] = lr
             with torch.autocast(ddp.device.type, dtype=torch.bfloat16, enabled=ddp.device.type == "cuda"):
                 teacher_logits = run.teacher(images) if run.teacher is not None else None
-                loss, loss_largest = model(images, labels, run.specs(), teacher_logits)
+                loss, loss_largest = model(images, labels, run.specs(), teacher_logits, run.pools())
             run.check_finite_loss(loss)
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()

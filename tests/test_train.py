@@ -18,7 +18,9 @@ from supernet import build_model, load_space
 from supernet.checkpoint import load_checkpoint, load_supernet
 from supernet.data import load_data
 from supernet.evaluate import evaluate_spec
-from supernet.train import params_digest, sandwich_specs
+from supernet.elastic import Supernet
+from supernet.model import count_params
+from supernet.train import SandwichLoss, TrainConfig, params_digest, sandwich_specs, worst_up_pools
 
 REPO = Path(__file__).resolve().parent.parent
 EFNAS = [sys.executable, "-m", "nas.cli"]
@@ -38,6 +40,27 @@ def test_the_sandwich_adds_the_corners_asked_for_before_the_same_random_subnets(
     meta4d = space.edit(space.largest(), num_meta3d=space.meta3d_min)
     assert both == [space.largest(), meta4d, space.smallest(), space.narrowest_deepest(), *plain[2:]]
     assert sandwich_specs(space, 3, 18, 2)[2:] != plain[2:]  # each step draws its own random subnets
+
+
+def test_worst_of_picks_the_like_sized_candidate_the_batch_finds_worst_and_keeps_running_statistics():
+    space = load_space("tiny")
+    pools = worst_up_pools(space, 0, 5, 2, 3)
+    assert pools == worst_up_pools(space, 0, 5, 2, 3) and [len(pool) for pool in pools] == [3, 3]
+    for anchor, *others in pools:
+        rng = __import__("random").Random(1)
+        uniform_distance = sorted(abs(count_params(space.sample(rng)) - count_params(anchor)) for _ in range(64))[32]
+        assert max(abs(count_params(other) - count_params(anchor)) for other in others) < uniform_distance
+    torch.manual_seed(0)
+    supernet = Supernet(space).train()
+    loss = SandwichLoss(supernet, TrainConfig())
+    images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, space.num_classes, (16,))
+    target = supernet(images, space.largest()).detach()
+    before = {name: value.clone() for name, value in supernet.state_dict().items()}
+    picked = loss.worst(pools[0], images, labels, target)
+    assert all(torch.equal(before[name], value) for name, value in supernet.state_dict().items())
+    with torch.no_grad():  # BatchNorm in training mode normalises with the batch's own statistics
+        losses = [float(loss.subnet_loss(supernet(images, spec), labels, target)) for spec in pools[0]]
+    assert picked == pools[0][losses.index(max(losses))] and len(set(losses)) == 3
 
 
 @pytest.mark.slow
