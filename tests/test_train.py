@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -47,7 +48,7 @@ def test_worst_of_picks_the_like_sized_candidate_the_batch_finds_worst_and_keeps
     pools = worst_up_pools(space, 0, 5, 2, 3)
     assert pools == worst_up_pools(space, 0, 5, 2, 3) and [len(pool) for pool in pools] == [3, 3]
     for anchor, *others in pools:
-        rng = __import__("random").Random(1)
+        rng = random.Random(1)
         uniform_distance = sorted(abs(count_params(space.sample(rng)) - count_params(anchor)) for _ in range(64))[32]
         assert max(abs(count_params(other) - count_params(anchor)) for other in others) < uniform_distance
     torch.manual_seed(0)
