@@ -53,6 +53,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "default-narrowest-deepest": ({"epochs": 12, "narrowest_deepest": True}, "default-epochs-12 plus the narrowest widths at the greatest depths each step (a 5th subnet)"),
     "default-final-lr-0.05": ({"epochs": 12, "final_lr_ratio": 0.05}, "default-epochs-12 with BigNAS's ending: the cosine stops at 5% of the peak instead of 0"),
     "default-worst-of-3": ({"epochs": 12, "worst_of": 3}, "default-epochs-12 with each random subnet the worst on the batch of 3 like-sized candidates (AttentiveNAS's WorstUp)"),
+    "default-lr-4e-3": ({"epochs": 12, "lr": 4e-3}, "default-epochs-12 at twice the peak learning rate (4e-3 instead of 2e-3)"),
     "labels-1.0": ({"subnet_label_weight": 1.0}, "the other subnets learn from the labels only (no distillation)"),
 }
 # The previous default recipe, which every variant changes one or two things of.
@@ -60,7 +61,10 @@ BASE = {"space": "tiny", "data": "digits-mosaic", "epochs": 8, "threads": 1, "ch
         "batch_size": 128, "subnet_label_weight": 0.0}
 # Variants named after the current default change it, not BASE.
 DEFAULT = {"batch_size": 64, "subnet_label_weight": 0.5}
-DEFAULT_BASED = {name: DEFAULT for name in ("meta4d-largest", "default-subnet-weight-0.5", "default-labels-1.0", "default-epochs-12", "default-narrowest-deepest", "default-final-lr-0.05", "default-worst-of-3")}
+DEFAULT_BASED = {name: DEFAULT for name in (
+    "meta4d-largest", "default-subnet-weight-0.5", "default-labels-1.0", "default-epochs-12", "default-narrowest-deepest",
+    "default-final-lr-0.05", "default-worst-of-3", "default-lr-4e-3",
+)}
 # Stand-alone studies on more images than the demo's 8 epochs (bench/task_separability.py --images).
 LONGER_STANDALONE = {12: "docs/benchmarks/task_separability_12epochs.json"}
 REPORTED = ("largest = L7", "smallest", "random 1", "random 2", "random 3")

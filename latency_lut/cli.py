@@ -114,6 +114,8 @@ def build_flags() -> ConfigFlags:
                           choices=("p10", "median")),
         "rounds": Flag("timed runs per unit (default: %(default)s)"),
         "calibration_samples": Flag("random networks measured end to end for the calibration (default: %(default)s)"),
+        "calibration_passes": Flag("passes over the calibration networks, each network keeping its fastest; more passes "
+                                   "outlast longer slow stretches of a shared machine (default: %(default)s)"),
         "min_group_seconds": Flag("time every group of units (and of calibration networks) at least this long, with more rounds "
                                   "for small ones (default: %(default)s)"),
         "seed": Flag("seed of the calibration networks and the run order (default: %(default)s)"),

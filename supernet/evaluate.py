@@ -19,6 +19,7 @@ the score one process would compute. Every rank must then score the same subnets
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EvalConfig",
     "Scorer",
+    "batchnorm_momentum",
     "calibration_batches",
     "evaluate",
     "evaluate_spec",
@@ -88,6 +90,21 @@ def task_data(info: CheckpointInfo, data: str | None = None) -> TaskData:
     return loaded
 
 
+@contextmanager
+def batchnorm_momentum(model: nn.Module, momentum: float) -> Iterator[None]:
+    """Every BatchNorm of ``model`` updates its running statistics with ``momentum`` (0: leaves
+    them alone while still normalising with batch statistics in training mode) until the block ends."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    kept = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.momentum = momentum
+    try:
+        yield
+    finally:
+        for norm, value in zip(norms, kept):
+            norm.momentum = value
+
+
 def recalibrate_bn(
     model: nn.Module, batches: Iterable[Batch], device: torch.device | str = "cpu", *, distributed: bool = False
 ) -> nn.Module:
@@ -98,15 +115,14 @@ def recalibrate_bn(
     batches, and the average is taken over all of them: the statistics one process would get.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    momenta = [norm.momentum for norm in norms]
     for norm in norms:
         norm.reset_running_stats()
-        norm.momentum = 1.0  # after each forward the running statistics are that batch's own
     # Summed in float64, so that the order of the sum (which rank holds which batch) does not show.
     sums = [torch.zeros(2, norm.num_features, dtype=torch.float64, device=norm.running_mean.device) for norm in norms]
     count = 0
     model.train()
-    with torch.no_grad():
+    # Momentum 1: after each forward the running statistics are that batch's own.
+    with torch.no_grad(), batchnorm_momentum(model, 1.0):
         for images, _ in batches:
             model(images.to(device))
             count += 1
@@ -117,14 +133,13 @@ def recalibrate_bn(
         flat = _all_reduce(torch.cat([torch.tensor([float(count)], dtype=torch.float64), *(t.flatten().cpu() for t in sums)]))
         count = int(flat[0])
         sums = [part.view(2, -1) for part in flat[1:].split([t.numel() for t in sums])]
-    for norm, total, momentum in zip(norms, sums, momenta):
+    for norm, total in zip(norms, sums):
         if count:
             norm.running_mean.copy_(total[0] / count)
             norm.running_var.copy_(total[1] / count)
             norm.num_batches_tracked.fill_(count)
         else:
             norm.reset_running_stats()
-        norm.momentum = momentum
     return model.eval()
 
 

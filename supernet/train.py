@@ -37,7 +37,7 @@ from supernet.checkpoint import load_checkpoint, read_weights, save_checkpoint
 from supernet.distributed import Distributed
 from supernet.elastic import Supernet, infer_spec
 from supernet.errors import ConfigError, EfnasError
-from supernet.evaluate import evaluate_spec
+from supernet.evaluate import batchnorm_momentum, evaluate_spec
 from supernet.io import (
     atomic_write_json, atomic_write_text, check_output_folder, console, lock_folder, progress_bar, provenance,
     remove_stale_temp_files, torch_threads,
@@ -217,25 +217,11 @@ class SandwichLoss(nn.Module):
         """The candidate with the highest loss on this batch (summed over DDP ranks, so all pick the same)."""
         if len(pool) == 1:
             return pool[0]
-        with torch.no_grad(), _running_stats_frozen(self.supernet):
+        with torch.no_grad(), batchnorm_momentum(self.supernet, 0.0):
             losses = torch.stack([self.subnet_loss(self.supernet(images, spec), labels, target) for spec in pool])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(losses)
         return pool[int(losses.argmax())]
-
-
-@contextmanager
-def _running_stats_frozen(module: nn.Module) -> Iterator[None]:
-    """BatchNorm normalises with batch statistics as in training but leaves its running ones alone."""
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [norm.momentum for norm in norms]
-    for norm in norms:
-        norm.momentum = 0.0
-    try:
-        yield
-    finally:
-        for norm, momentum in zip(norms, momenta):
-            norm.momentum = momentum
 
 
 def load_static_checkpoint(path: str | os.PathLike[str], *, what: str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ from latency_lut import (
     plot_check,
     predict_ms,
     recalibrate_here,
+    save_lut,
     space_keys,
 )
 from latency_lut._backends import get_backend
@@ -71,6 +72,30 @@ def test_build_measures_every_unit_and_calibrates(tiny_table):
     # a table that is complete measures nothing more
     again = build_lut(TINY, tiny_table, FAST)
     assert again.measured == 0 and again.complete and load_lut(tiny_table).entries == lut.entries
+
+
+@pytest.mark.slow
+def test_calibration_networks_keep_their_fastest_pass(tiny_table, tmp_path):
+    # A build stopped after its first pass over the calibration networks, one of which was timed
+    # in a 3x slow stretch and one impossibly fast: the second pass times each network again.
+    lut = load_lut(tiny_table)
+    assert lut.meta["measurement"]["calibration_passes"] == 2
+    first = [model.to_dict() for model in lut.calibration.models]
+    slow, fast = first[1]["name"], first[2]["name"]
+    for model in first:
+        factor = {slow: 3.0, fast: 0.01}.get(model["name"], 1.0)
+        model.update({key: model[key] * factor for key in ("median_ms", "p10_ms", "p90_ms")}, passes=1)
+    lut.meta["pending_calibration"], lut.meta["calibration"] = first, None
+    path = tmp_path / "stopped.json"
+    save_lut(lut, path)
+    result = build_lut(TINY, path, FAST)
+    assert result.complete and result.measured == 0
+    kept = {model.name: model for model in load_lut(path).calibration.models}
+    recorded = {model["name"]: model for model in first}
+    assert kept[fast].p10_ms == pytest.approx(recorded[fast]["p10_ms"], abs=1e-6)  # faster than any real timing: kept
+    assert kept[slow].p10_ms < recorded[slow]["p10_ms"]  # the second pass was faster than the slow one
+    assert all(kept[name].p10_ms <= model["p10_ms"] + 1e-6 for name, model in recorded.items())
+    assert "pending_calibration" not in load_lut(path).meta
 
 
 @pytest.mark.slow

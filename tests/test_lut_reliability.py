@@ -163,21 +163,26 @@ def test_a_noisy_calibration_says_so_in_one_line(tmp_path):
     assert f"--calibration-samples 24 --out {tmp_path / 'noisy-rebuilt.json'}" in warning
 
 
-def test_a_category_priced_at_zero_is_a_problem_only_when_it_matters():
+def test_a_category_priced_at_zero_is_named_only_beside_a_missed_precision():
     table = _synthetic(V1)
-    # the embeddings cost nothing in these networks: the fit prices them at 0
+    # the embeddings cost nothing in these networks: the fit prices them at 0 and predicts them exactly
     models = _models(table, 24, lambda s, rng: sum(v for c, v in s.items() if c != "embed"))
     table.meta["calibration"] = calibration_from_models(table, models)
-    assert table.calibration.scales["embed"] == 0
+    assert table.calibration.scales["embed"] == 0 and table.calibration.loo_mape < 1
+    assert assess_quality(table)["ok"]
+    # the same fit with a missed precision (as from a noisy machine): the 0 is named as a likely cause
+    table.meta["calibration"] = {**table.meta["calibration"], "loo_mape_percent": 8.0}
     problems = assess_quality(table)["problems"]
+    assert problems[0] == "leave-one-out calibration error 8.0% (above 5%)", problems
     assert any(p.startswith("scale 0 for embed") for p in problems), problems
-    # a head that is 0.1% of a network (as v1's, 0.4%) may be priced at 0 without harm
+    # a head that is 0.1% of a network (as v1's, 0.4%) may be priced at 0 without being named
     table = _synthetic(V1)
     for key in [key for key in table.entries if key.startswith("head:")]:
         table.entries[key] = Timing(0.0001, 0.0001, 0.0001, 30)
     models = _models(table, 24, lambda s, rng: sum(v for c, v in s.items() if c != "head"))
-    table.meta["calibration"] = calibration_from_models(table, models)
-    assert table.calibration.scales["head"] == 0 and assess_quality(table)["ok"]
+    table.meta["calibration"] = {**calibration_from_models(table, models), "loo_mape_percent": 8.0}
+    assert table.calibration.scales["head"] == 0
+    assert not any(p.startswith("scale 0") for p in assess_quality(table)["problems"])
 
 
 def test_a_calibration_worse_than_the_plain_sum_is_a_problem():
