@@ -8,8 +8,11 @@ its children spent, as a share of all cores over the wall time.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def _machine_busy_seconds() -> float | None:
@@ -51,3 +54,23 @@ def load_note(other_cores: float | None, cores: int) -> str:
         return (f"**Taken under load**: other processes used {other_cores:.2f} of the {cores} cores on average during the "
                 "run, so these numbers show that the machinery works, not the accuracy a quiet machine gives.")
     return f"The machine was quiet: other processes used {other_cores:.2f} of the {cores} cores on average during the run."
+
+
+def _spin(stop: multiprocessing.synchronize.Event) -> None:
+    while not stop.is_set():
+        sum(i * i for i in range(10_000))
+
+
+@contextmanager
+def busy_processes(count: int) -> Iterator[None]:
+    """``count`` processes spinning on the CPU until the block ends (a user's machine is rarely idle)."""
+    stop = multiprocessing.Event()
+    spinners = [multiprocessing.Process(target=_spin, args=(stop,), daemon=True) for _ in range(count)]
+    for process in spinners:
+        process.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for process in spinners:
+            process.join(timeout=5)

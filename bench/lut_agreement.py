@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import multiprocessing
 import os
 import random
 import sys
@@ -33,15 +32,10 @@ sys.path.insert(0, str(ROOT))
 from latency_lut import BuildConfig, build_lut, load_lut  # noqa: E402
 from supernet import load_space  # noqa: E402
 from supernet.io import atomic_write_json, atomic_write_text, console, provenance, provenance_markdown  # noqa: E402
-from _load import OtherLoad, load_note  # noqa: E402  (bench/_load.py, beside this script)
+from _load import OtherLoad, busy_processes, load_note  # noqa: E402  (bench/_load.py, beside this script)
 
 WORK = ROOT / "runs" / "bench" / "lut_agreement"
 GOAL_TAU, GOAL_WITHIN_5 = 0.95, 90.0
-
-
-def _spin(stop: multiprocessing.synchronize.Event) -> None:
-    while not stop.is_set():
-        sum(i * i for i in range(10_000))
 
 
 def _compare(a: list[float], b: list[float]) -> dict[str, float]:
@@ -74,13 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     networks = [(name, spec) for name, spec in space.presets] + [(f"random {i + 1}", space.sample(rng)) for i in range(args.samples)]
 
-    stop = multiprocessing.Event()
-    spinners = [multiprocessing.Process(target=_spin, args=(stop,), daemon=True) for _ in range(args.busy)]
-    for process in spinners:
-        process.start()
-    meter = OtherLoad()
     tables = []
-    try:
+    with busy_processes(args.busy):
+        meter = OtherLoad()
         for index in range(args.builds):
             path = WORK / f"{space.name}_{index}.json"
             path.unlink(missing_ok=True)  # every build measured anew, under this run's conditions
@@ -97,11 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 "predicted_ms": predictions,
             })
             console.print(f"build {index}: {tables[-1]['seconds']} s, leave-one-out {tables[-1]['loo_mape_percent']}%")
-    finally:
         other = meter.cores()
-        stop.set()
-        for process in spinners:
-            process.join(timeout=5)
     pairs = []
     for i, j in itertools.combinations(range(len(tables)), 2):
         pairs.append({"a": i, "b": j, **_compare(tables[i]["predicted_ms"], tables[j]["predicted_ms"])})

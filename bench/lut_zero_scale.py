@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import multiprocessing
 import os
 import sys
 from pathlib import Path
@@ -37,14 +36,9 @@ from latency_lut._keys import CATEGORIES  # noqa: E402
 from latency_lut._table import LatencyTable  # noqa: E402
 from supernet import ArchSpec, load_space  # noqa: E402
 from supernet.io import atomic_write_json, atomic_write_text, console, provenance, provenance_markdown  # noqa: E402
-from _load import OtherLoad, load_note  # noqa: E402  (bench/_load.py, beside this script)
+from _load import OtherLoad, busy_processes, load_note  # noqa: E402  (bench/_load.py, beside this script)
 
 WORK = ROOT / "runs" / "bench" / "lut_zero_scale"
-
-
-def _spin(stop: multiprocessing.synchronize.Event) -> None:
-    while not stop.is_set():
-        sum(i * i for i in range(10_000))
 
 
 def _zero(scales: dict[str, float], shares: dict[str, float]) -> list[str]:
@@ -102,13 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     table = load_lut(path)
     space_name = table.meta["space"].get("source") or table.meta["space"]["name"]
     WORK.mkdir(parents=True, exist_ok=True)
-    stop = multiprocessing.Event()
-    spinners = [multiprocessing.Process(target=_spin, args=(stop,), daemon=True) for _ in range(args.busy)]
-    for process in spinners:
-        process.start()
-    meter = OtherLoad()
     rows = []
-    try:
+    with busy_processes(args.busy):
+        meter = OtherLoad()
         for index in range(args.repeats):
             rows.append(_one(table, index, space_name, args.samples, args.seed))
             row = rows[-1]
@@ -117,11 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"recalibration {index}: {row['form']}, zero {row['zero'] or '-'}, held-out MAPE {row['fit']['mape']:.2f}%"
                 + ("" if priced is None or not row["zero"] else f" (pricing everything: {priced['mape']:.2f}%)")
             )
-    finally:
         other = meter.cores()
-        stop.set()
-        for process in spinners:
-            process.join(timeout=5)
     data = {
         "benchmark": "lut_zero_scale",
         "table": str(path),
