@@ -2,8 +2,8 @@
 
 **Quality** is judged from the table alone, without measuring: a calibration whose leave-one-out
 error exceeds :data:`QUALITY_LIMIT_PERCENT` (then also any category it prices at 0 although its
-blocks are a real part of a network, as a likely cause), or a calibration that predicts its own networks (each left out in turn) worse
-than the plain sum of entries does. Builds on a busy machine produce such tables (measured: tiny
+blocks are a real part of a network, as a likely cause), or a calibration that predicts its own
+networks (each left out in turn) worse than the plain sum of entries does. Builds on a busy machine produce such tables (measured: tiny
 tables with 8-13% leave-one-out error and a stem or head scale of 0); the build records the
 verdict in ``meta.quality`` and :func:`quality_warning` says it in one line.
 
