@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from latency_lut import CheckConfig, check_lut, load_lut, prediction_stats, recalibrate_here, shipped_tables  # noqa: E402
 from latency_lut._calibration import PER_CATEGORY_MIN, _fit_form  # noqa: E402
-from latency_lut._health import ZERO_SCALE_SHARE_PERCENT, _calibration_errors  # noqa: E402
+from latency_lut._health import _calibration_errors, zero_priced  # noqa: E402
 from latency_lut._keys import CATEGORIES  # noqa: E402
 from latency_lut._table import LatencyTable  # noqa: E402
 from supernet import ArchSpec, load_space  # noqa: E402
@@ -39,10 +39,6 @@ from supernet.io import atomic_write_json, atomic_write_text, console, provenanc
 from _load import OtherLoad, busy_processes, load_note  # noqa: E402  (bench/_load.py, beside this script)
 
 WORK = ROOT / "runs" / "bench" / "lut_zero_scale"
-
-
-def _zero(scales: dict[str, float], shares: dict[str, float]) -> list[str]:
-    return [c for c in CATEGORIES if scales[c] == 0 and shares.get(c, 0.0) >= ZERO_SCALE_SHARE_PERCENT]
 
 
 def _pricing_everything(table: LatencyTable) -> LatencyTable | None:
@@ -53,7 +49,7 @@ def _pricing_everything(table: LatencyTable) -> LatencyTable | None:
     y = np.array([m.value(table.statistic) for m in models])
     forms = ("per_category", "shared") if len(y) >= PER_CATEGORY_MIN else ("shared",)
     _, shares = _calibration_errors(table)
-    fits = [fit for fit in (_fit_form(form, sums, y, models) for form in forms) if not _zero(fit.scales, shares)]
+    fits = [fit for fit in (_fit_form(form, sums, y, models) for form in forms) if not zero_priced(fit.scales, shares)]
     if not fits:
         return None
     meta = copy.deepcopy(table.meta)
@@ -71,7 +67,7 @@ def _one(table: LatencyTable, index: int, space_name: str, samples: int, seed: i
     calibration = here.calibration
     return {
         "form": calibration.form,
-        "zero": _zero(calibration.scales, shares),
+        "zero": zero_priced(calibration.scales, shares),
         "loo_mape_percent": calibration.loo_mape,
         "fit": prediction_stats([here.predict_ms(s) for s in specs], measured).to_dict(),
         "priced_form": None if priced is None else priced.calibration.form,

@@ -424,7 +424,7 @@ def _time_calibration_group(
 def _faster_pass(earlier: dict[str, Any] | None, timing: CalibrationModel, statistic: str, index: int) -> dict[str, Any]:
     """A calibration network's record after pass ``index``: the faster of its passes so far. The
     units keep only rounds timed while the machine ran at full speed; a network timed in a slow
-    stretch as long as a whole pass (measured: v1's networks 3-13% slow for 30 s) would teach the fit
+    stretch as long as a whole pass (measured: v1's networks 2-13% slow for 30 s) would teach the fit
     that slowness as a scale above 1."""
     kept = timing
     if earlier is not None:

@@ -3,9 +3,10 @@
 **Quality** is judged from the table alone, without measuring: a calibration whose leave-one-out
 error exceeds :data:`QUALITY_LIMIT_PERCENT` (then also any category it prices at 0 although its
 blocks are a real part of a network, as a likely cause), or a calibration that predicts its own
-networks (each left out in turn) worse than the plain sum of entries does. Builds on a busy machine produce such tables (measured: tiny
-tables with 8-13% leave-one-out error and a stem or head scale of 0); the build records the
-verdict in ``meta.quality`` and :func:`quality_warning` says it in one line.
+networks (each left out in turn) worse than the plain sum of entries does. Builds on a busy
+machine produce such tables (measured: tiny tables with 8-13% leave-one-out error and a stem or
+head scale of 0); the build records the verdict in ``meta.quality`` and :func:`quality_warning`
+says it in one line.
 
 **Staleness**: a table records the CPU (or GPU) it was measured on and the time of one fixed small
 network on it, the space's smallest, at the table's batch (``meta.reference``). Timing that network again here takes a
@@ -79,6 +80,12 @@ def _calibration_errors(table: LatencyTable) -> tuple[float | None, dict[str, fl
     return float(np.mean(errors)), {c: float(np.mean(v)) for c, v in shares.items()}
 
 
+def zero_priced(scales: dict[str, float], shares: dict[str, float]) -> list[str]:
+    """The categories priced at 0 although their blocks are at least :data:`ZERO_SCALE_SHARE_PERCENT`
+    (``shares``: mean % of a network's plain sum) of a network."""
+    return [c for c in CATEGORIES if scales[c] == 0 and shares.get(c, 0.0) >= ZERO_SCALE_SHARE_PERCENT]
+
+
 def assess_quality(table: LatencyTable) -> dict[str, Any]:
     """The verdict on the table's own numbers (what ``meta.quality`` records): ``ok``, the
     ``problems`` in words, the calibration's leave-one-out error and the plain sum's error on the
@@ -93,7 +100,7 @@ def assess_quality(table: LatencyTable) -> dict[str, Any]:
         imprecise = loo is None or loo > QUALITY_LIMIT_PERCENT
         if loo is not None and imprecise:
             problems.append(f"leave-one-out calibration error {loo:.1f}% (above {QUALITY_LIMIT_PERCENT:.0f}%)")
-        zero = [c for c in CATEGORIES if calibration.scales[c] == 0 and shares.get(c, 0.0) >= ZERO_SCALE_SHARE_PERCENT]
+        zero = zero_priced(calibration.scales, shares)
         # Named only beside a missed precision: on its own a scale of 0 is often the fit moving a
         # block every network has (the stem) into the others' scales, and then it predicts held-out
         # networks better than a fit made to price it (bench/lut_zero_scale.py: 8 of 8 such fits).
